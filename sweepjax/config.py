@@ -1,0 +1,362 @@
+"""Config schema, TOML loading, ``--set`` overrides and validation.
+
+A config has the sections ``task``, ``model``, ``train``, ``eval``, ``run`` and ``sweep``.
+Every user mistake raises :class:`ConfigError` with one line naming the key, the value and
+what is allowed; nothing is compiled before the whole config has been validated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or an override (reported as one line, exit code 2)."""
+
+
+@dataclass
+class TaskConfig:
+    """Data: what to learn and how batches are drawn."""
+    name: str = "regression-1d"      # task family
+    function: str = "power"          # f(x): "power" (x**power), "sin" (sin(power*x)), "abs" (|x|**power)
+    power: float = 2.0
+    low: float = -2.0                # x ~ U[low, high]
+    high: float = 2.0
+    train_data: str = "fresh"        # "fresh": new U[low, high] minibatch every step; "grid": full batch on a fixed grid
+    batch_size: int = 1024           # minibatch size for train_data = "fresh"
+    grid_size: int = 1001            # points of the fixed training grid for train_data = "grid"
+    test_size: int = 1001            # points of the fixed evaluation grid (linspace low..high)
+    data_seed: int = -1              # -1: each member's data stream follows its init seed; >= 0: one shared stream
+
+
+@dataclass
+class ModelConfig:
+    """Model family and sizes; width and depth are padded to the group maximum and masked."""
+    family: str = "mlp"
+    width: int = 32                  # hidden units (plain) or residual-stream width (residual)
+    depth: int = 1                   # hidden layers (plain) or residual blocks (residual)
+    activation: str = "silu"
+    residual: bool = False
+    mlp_ratio: int = 1               # residual blocks: hidden units = mlp_ratio * width
+    norm: str = "none"               # residual blocks: "none" or "rmsnorm" (pre-norm, over active units only)
+    depth_scaling: str = "none"      # residual blocks: "none" or "inv_sqrt" (branch * 1/sqrt(true depth))
+    init: str = "torch"              # "torch": U(+-1/sqrt(fan_in)) weights and biases; "normal": N(0, 1/fan_in), zero biases
+
+
+@dataclass
+class TrainConfig:
+    """Optimization."""
+    seed: int = 0                    # init seed (sweep axis name: "seed")
+    optimizer: str = "adam"          # adam | adamw | sgd | lbfgs
+    lr: float = 1e-3                 # peak learning rate (ignored by lbfgs, which uses a line search)
+    schedule: str = "constant"       # constant | cosine | warmup_cosine | linear
+    final_lr_fraction: float = 0.0   # cosine/linear schedules end at lr * final_lr_fraction
+    warmup_fraction: float = 0.0     # warmup_cosine: fraction of steps of linear warmup
+    weight_decay: float = 0.0        # adamw only
+    momentum: float = 0.0            # sgd only
+    lbfgs_memory: int = 10           # lbfgs history size
+    steps: int = 1000
+    chunk_steps: int = 500           # steps per jitted chunk (progress, future checkpoints)
+    precision: str = "float32"       # float32 | float64 (runs under jax x64)
+    divergence_loss: float = 1e10    # a member whose train loss is non-finite or above this is flagged and frozen
+
+
+@dataclass
+class EvalConfig:
+    """What is measured and kept."""
+    points: int = 30                 # test evaluations at log-spaced steps (plus step 0 and the final step)
+    save_predictions: bool = False   # keep each member's final predictions on the test grid
+    save_params: bool = False        # keep each member's final parameters (padded, zeros outside true size)
+
+
+@dataclass
+class RunConfig:
+    """Where and how the sweep runs."""
+    out: str = ""                    # results directory ("" -> runs/<config name>)
+    member_chunk: int = 0            # members per compiled call (0 = all members of a group at once)
+    fit_form: str = "power_law"      # form fitted to median final test loss vs width after the run
+    bootstrap: int = 1000            # bootstrap resamples (over seeds) for the exponent's interval
+    figures: bool = True             # make the study's figures after the run
+
+
+SECTIONS: dict[str, type] = {
+    "task": TaskConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig, "run": RunConfig,
+}
+
+# Allowed values of string keys.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "task.name": ("regression-1d",),
+    "task.function": ("power", "sin", "abs"),
+    "task.train_data": ("fresh", "grid"),
+    "model.family": ("mlp",),
+    "model.activation": ("silu", "relu", "relu2", "gelu", "tanh"),
+    "model.norm": ("none", "rmsnorm"),
+    "model.depth_scaling": ("none", "inv_sqrt"),
+    "model.init": ("torch", "normal"),
+    "train.optimizer": ("adam", "adamw", "sgd", "lbfgs"),
+    "train.schedule": ("constant", "cosine", "warmup_cosine", "linear"),
+    "train.precision": ("float32", "float64"),
+    "run.fit_form": ("power_law", "power_law_offset"),
+}
+
+# Lower bounds of numeric keys: (bound, inclusive).
+MINIMUM: dict[str, tuple[float, bool]] = {
+    "task.batch_size": (1, True), "task.grid_size": (2, True), "task.test_size": (2, True),
+    "task.power": (0, False), "task.data_seed": (-1, True),
+    "model.width": (1, True), "model.depth": (1, True), "model.mlp_ratio": (1, True),
+    "train.seed": (0, True), "train.lr": (0, False), "train.final_lr_fraction": (0, True),
+    "train.warmup_fraction": (0, True), "train.weight_decay": (0, True), "train.momentum": (0, True),
+    "train.lbfgs_memory": (1, True), "train.steps": (1, True), "train.chunk_steps": (1, True),
+    "train.divergence_loss": (0, False), "eval.points": (1, True), "run.member_chunk": (0, True),
+    "run.bootstrap": (0, True),
+}
+MAXIMUM: dict[str, float] = {
+    "train.final_lr_fraction": 1.0, "train.warmup_fraction": 1.0, "train.momentum": 1.0,
+    "model.width": 2**20, "model.depth": 4096, "train.steps": 10**9, "task.batch_size": 10**8,
+    "task.grid_size": 10**8, "task.test_size": 10**7, "model.mlp_ratio": 64,
+}
+
+# Sweep axis aliases: short name -> full key.
+AXIS_ALIASES = {"seed": "train.seed", "data_seed": "task.data_seed"}
+# Keys whose sweep values are numbers inside one compiled program (everything else is structural).
+PER_MEMBER_KEYS = ("train.seed", "task.data_seed", "model.width", "model.depth", "train.lr")
+
+
+@dataclass
+class Config:
+    """A fully resolved config: one value per key, plus the sweep axes (key -> list of values)."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    sweep: dict[str, list] = field(default_factory=dict)
+    name: str = "sweep"
+
+    def get(self, key: str) -> Any:
+        """Value of a dotted key such as ``"model.width"``."""
+        section, name = key.split(".")
+        return getattr(getattr(self, section), name)
+
+    def with_values(self, values: dict[str, Any]) -> "Config":
+        """A copy with some dotted keys replaced (used to build one member's config)."""
+        new = dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s)) for s in SECTIONS})
+        for key, value in values.items():
+            section, name = key.split(".")
+            setattr(getattr(new, section), name, value)
+        return new
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (TOML-serialisable) of the resolved config."""
+        out = {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+        out["sweep"] = {k: list(v) for k, v in self.sweep.items()}
+        return out
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key."""
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{key} = {value!r}: {allowed}")
+
+
+def _unknown(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown key {key!r}{hint}")
+
+
+def _field_type(key: str) -> type:
+    section, name = key.split(".")
+    return {f.name: f.type for f in fields(SECTIONS[section])}[name]
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Check one value's type and range for ``key``; return it converted (int -> float where a float is due)."""
+    typ = _field_type(key)
+    if typ in ("bool", bool):
+        if not isinstance(value, bool):
+            raise _fail(key, value, "must be true or false")
+    elif typ in ("int", int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(key, value, "must be an integer")
+    elif typ in ("float", float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(key, value, "must be a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise _fail(key, value, "must be finite")
+    elif typ in ("str", str):
+        if not isinstance(value, str):
+            raise _fail(key, value, "must be a string")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise _fail(key, value, f"allowed: {', '.join(CHOICES[key])}")
+    if key in MINIMUM:
+        bound, inclusive = MINIMUM[key]
+        if value < bound or (value == bound and not inclusive):
+            raise _fail(key, value, f"must be {'>=' if inclusive else '>'} {bound:g}")
+    if key in MAXIMUM and value > MAXIMUM[key]:
+        raise _fail(key, value, f"must be <= {MAXIMUM[key]:g}")
+    return value
+
+
+def _expand_axis(key: str, spec: Any) -> list:
+    """Sweep axis values from a list or a generator table ({range}, {logspace}, {powers_of_two})."""
+    if isinstance(spec, list):
+        values = spec
+    elif isinstance(spec, dict):
+        if len(spec) != 1:
+            raise _fail(f"sweep.{key}", spec, "a table needs exactly one of range, logspace, powers_of_two")
+        (kind, args), = spec.items()
+        ok_args = isinstance(args, list) and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+        if kind == "range" and ok_args and len(args) == 2 and all(isinstance(a, int) for a in args):
+            values = list(range(args[0], args[1]))
+        elif kind == "powers_of_two" and ok_args and len(args) == 2 and all(isinstance(a, int) and a >= 1 for a in args):
+            lo, hi = (int(math.log2(a)) for a in args)
+            if 2**lo != args[0] or 2**hi != args[1]:
+                raise _fail(f"sweep.{key}", spec, "powers_of_two bounds must be powers of two")
+            values = [2**e for e in range(lo, hi + 1)]
+        elif kind == "logspace" and ok_args and len(args) == 3 and args[0] > 0 and args[1] > 0 and isinstance(args[2], int) and args[2] >= 1:
+            lo, hi, n = args
+            values = [float(lo * (hi / lo) ** (i / max(n - 1, 1))) for i in range(n)]
+            if _field_type(key) in ("int", int):
+                values = sorted(set(int(round(v)) for v in values))
+        else:
+            raise _fail(f"sweep.{key}", spec, "use range = [start, stop) of ints, logspace = [lo, hi, n] or powers_of_two = [lo, hi]")
+    else:
+        raise _fail(f"sweep.{key}", spec, "a sweep axis is a list of values or a generator table")
+    if not values:
+        raise _fail(f"sweep.{key}", spec, "a sweep axis needs at least one value")
+    values = [coerce(key, v) for v in values]
+    if len(set(values)) != len(values):
+        raise _fail(f"sweep.{key}", spec, "a sweep axis must not repeat values")
+    return values
+
+
+def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
+    """{'model': {'width': [..]}} -> {'model.width': [..]} (TOML nests unquoted dotted keys)."""
+    out = {}
+    for k, v in table.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, dict) and k in SECTIONS and not prefix:
+            out.update(_flatten(v, f"{k}."))
+        else:
+            out[full] = v
+    return out
+
+
+def dim_name(key: str) -> str:
+    """Results dimension name of a sweep key: its last component (``model.width`` -> ``width``)."""
+    return key.split(".")[-1]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.key=value`` -> (key, value); the value is read as TOML, falling back to a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def build_config(raw: dict, overrides: list[tuple[str, Any]] = (), name: str = "sweep",
+                 on_cpu: bool = False) -> Config:
+    """Validate a raw TOML dict plus overrides into a :class:`Config`.
+
+    ``[on_cpu]`` entries (``"section.key" = value``) are applied when ``on_cpu`` is true, before
+    the command-line overrides, so one config can describe both the GPU-sized and the CPU-sized sweep.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a TOML table")
+    valid = all_keys()
+    raw = dict(raw)
+    sweep_raw = raw.pop("sweep", {})
+    cpu_raw = raw.pop("on_cpu", {})
+    for top in raw:
+        if top not in SECTIONS:
+            raise _unknown(top, list(SECTIONS) + ["sweep", "on_cpu"])
+        if not isinstance(raw[top], dict):
+            raise _fail(top, raw[top], "must be a table ([section])")
+    for what, table in (("sweep", sweep_raw), ("on_cpu", cpu_raw)):
+        if not isinstance(table, dict):
+            raise _fail(what, table, "must be a table ([section])")
+    values = _flatten(raw)
+    for key, value in (list(_flatten(cpu_raw).items()) if on_cpu else []) + list(overrides):
+        if key.startswith("sweep."):
+            sweep_raw = {**sweep_raw, key[len("sweep."):]: value}
+        else:
+            values[key] = value
+    cfg = Config(name=name)
+    for key, value in values.items():
+        if key not in valid:
+            raise _unknown(key, valid)
+        section, attr = key.split(".")
+        setattr(getattr(cfg, section), attr, coerce(key, value))
+    for key, spec in _flatten(sweep_raw).items():
+        full = AXIS_ALIASES.get(key, key)
+        if full not in valid:
+            raise _unknown(f"sweep.{key}", [f"sweep.{k}" for k in valid + list(AXIS_ALIASES)])
+        if full in cfg.sweep:
+            raise ConfigError(f"sweep.{key}: axis given twice")
+        cfg.sweep[full] = _expand_axis(full, spec)
+    dims = [dim_name(k) for k in cfg.sweep]
+    if len(set(dims)) != len(dims):
+        raise ConfigError(f"sweep axes {list(cfg.sweep)} share a short name; results dims must be unique")
+    _check_combinations(cfg)
+    return cfg
+
+
+def _check_combinations(cfg: Config) -> None:
+    """Refuse combinations of values that cannot work together."""
+    optimizers = cfg.sweep.get("train.optimizer", [cfg.train.optimizer])
+    data = cfg.sweep.get("task.train_data", [cfg.task.train_data])
+    if "lbfgs" in optimizers and "fresh" in data:
+        raise ConfigError("train.optimizer = 'lbfgs' with task.train_data = 'fresh': L-BFGS needs a fixed "
+                          "full batch; set task.train_data = 'grid'")
+    if cfg.task.low >= cfg.task.high:
+        raise ConfigError(f"task.low = {cfg.task.low} >= task.high = {cfg.task.high}: need low < high")
+    if cfg.run.member_chunk and cfg.run.member_chunk < 1:
+        raise ConfigError("run.member_chunk must be 0 (all) or >= 1")
+
+
+def load_config(path: str | Path, overrides: list[str] = (), on_cpu: bool = False) -> Config:
+    """Read, override and validate a TOML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    return build_config(raw, [parse_override(o) for o in overrides], name=path.stem, on_cpu=on_cpu)
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved config as TOML text (saved beside the results)."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, float):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return str(v)
+    lines = [f"# resolved config of sweep {cfg.name!r}"]
+    for section, table in cfg.to_dict().items():
+        lines.append(f"\n[{section}]")
+        lines += [f'"{k}" = {fmt(v)}' if "." in k else f"{k} = {fmt(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"

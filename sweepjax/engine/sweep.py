@@ -1,0 +1,34 @@
+"""Run a whole sweep: every structural group, one compiled program each, by one call."""
+from __future__ import annotations
+
+import sys
+import time
+
+import jax
+import numpy as np
+import xarray as xr
+
+from sweepjax.config import Config
+from sweepjax.engine.train import eval_steps, run_group
+from sweepjax.grid import build_grid
+
+
+def run_sweep(cfg: Config, log=sys.stderr) -> tuple[xr.Dataset, dict]:
+    """Train every member of the sweep; returns (results Dataset, manifest dict).
+
+    ``log`` receives the progress lines (``None`` for silence).
+    """
+    from sweepjax import results  # results sits downstream of the engine; imported lazily
+
+    grid = build_grid(cfg)
+    if log:
+        print(f"sweep {cfg.name!r}: {grid.n_members} members in {len(grid.groups)} group(s) "
+              f"on {jax.default_backend()} ({jax.device_count()} device(s))", file=log)
+    t0 = time.perf_counter()
+    outputs = [run_group(g.config, g, log=log) for g in grid.groups]
+    wall = time.perf_counter() - t0
+    steps = eval_steps(cfg.train.steps, cfg.eval.points)
+    test_x = np.linspace(cfg.task.low, cfg.task.high, cfg.task.test_size)
+    ds = results.build_dataset(cfg, grid, outputs, steps, test_x)
+    man = results.manifest([o.compile_s for o in outputs], wall, [str(d) for d in jax.devices()])
+    return ds, man

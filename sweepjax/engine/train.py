@@ -1,0 +1,217 @@
+"""Train one group of members as one compiled program.
+
+Every member's parameters and optimizer state are stacked on a leading member axis; the step is
+vmapped over it. The host loops over chunks of steps, each chunk one jitted loop, so progress can
+be shown between chunks. Evaluation happens inside the loop at the scheduled steps (a ``cond`` on
+the shared step counter), writing into per-member curve buffers carried in the state.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sweepjax.config import Config
+from sweepjax.engine.optim import make_optimizer, needs_value_fn
+from sweepjax.grid import Group
+from sweepjax.models.mlp import MLP
+from sweepjax.tasks.regression import make_task
+
+
+def eval_steps(steps: int, points: int) -> np.ndarray:
+    """Steps at which the test loss is measured: 0, ``points`` log-spaced steps, and the final step."""
+    logs = np.round(np.logspace(0, np.log10(steps), points)).astype(int) if steps >= 1 else []
+    return np.unique(np.concatenate([[0], logs, [steps]])).astype(int)
+
+
+def precision(cfg: Config):
+    """Context in which the group runs: x64 on for float64 configs."""
+    return jax.enable_x64(True) if cfg.train.precision == "float64" else contextlib.nullcontext()
+
+
+def tree_all_finite(tree) -> jax.Array:
+    """True when every entry of every leaf is finite."""
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+@dataclass
+class GroupOutput:
+    """Host-side results of one group, each array with the group's members first."""
+    train_loss: np.ndarray       # (n, n_eval)
+    test_loss: np.ndarray        # (n, n_eval)
+    diverged: np.ndarray         # (n,) bool
+    diverged_step: np.ndarray    # (n,) int, -1 if never
+    predictions: np.ndarray | None  # (n, test_size) or None
+    params: dict | None          # leaf name -> (n, *padded shape) or None
+    compile_s: float
+    run_s: float
+
+
+class GroupProgram:
+    """The compiled training program of one group (fixed padded sizes and member-chunk size)."""
+
+    def __init__(self, cfg: Config, padded_width: int, padded_depth: int):
+        self.cfg = cfg
+        self.dtype = jnp.float64 if cfg.train.precision == "float64" else jnp.float32
+        self.task = make_task(cfg.task)
+        self.model = MLP(cfg.model, padded_width, padded_depth, self.task.in_dim, self.task.out_dim, self.dtype)
+        self.steps = eval_steps(cfg.train.steps, cfg.eval.points)
+        slot = np.full(cfg.train.steps + 1, -1, np.int32)
+        slot[self.steps] = np.arange(len(self.steps))
+        self.slot = slot
+        self._chunk = jax.jit(self._run_chunk, donate_argnums=0)
+        self._compiled = None
+        self._init = jax.jit(jax.vmap(self._init_member))
+        self._predict = jax.jit(jax.vmap(self._predict_member))
+
+    # ---- one member -------------------------------------------------------------------------
+    def _apply(self, params, x, m):
+        return self.model.apply({"params": params}, x, m["width"], m["depth"])
+
+    def _init_member(self, m: dict) -> dict:
+        x0 = jnp.zeros((1, self.task.in_dim), self.dtype)
+        params = self.model.init({"params": jax.random.key(m["seed"])}, x0, m["width"], m["depth"])["params"]
+        n_eval = len(self.steps)
+        return {
+            "params": params,
+            "opt": make_optimizer(self.cfg.train, m["lr"]).init(params),
+            "diverged": jnp.zeros((), bool),
+            "diverged_step": jnp.full((), -1, jnp.int32),
+            "train_loss": jnp.full((n_eval,), jnp.nan, self.dtype),
+            "test_loss": jnp.full((n_eval,), jnp.nan, self.dtype),
+        }
+
+    def _test_loss(self, params, m):
+        x, y = self.task.test_set(self.dtype)
+        return self.task.loss(self._apply(params, x, m), y)
+
+    def _step_member(self, state: dict, t: jax.Array, slot: jax.Array, m: dict) -> dict:
+        tc = self.cfg.train
+        tx = make_optimizer(tc, m["lr"])
+        x, y = self.task.train_batch(jax.random.key(m["data_seed"]), t, self.dtype)
+
+        def loss_of(p):
+            return self.task.loss(self._apply(p, x, m), y)
+
+        params, opt = state["params"], state["opt"]
+        if needs_value_fn(tc):
+            loss, grads = optax.value_and_grad_from_state(loss_of)(params, state=opt)
+            updates, new_opt = tx.update(grads, opt, params, value=loss, grad=grads, value_fn=loss_of)
+        else:
+            loss, grads = jax.value_and_grad(loss_of)(params)
+            updates, new_opt = tx.update(grads, opt, params)
+        new_params = optax.apply_updates(params, updates)
+
+        # A member whose loss is non-finite or too large, or whose update would leave non-finite
+        # parameters, is flagged and frozen; the others go on.
+        diverged = state["diverged"] | ~jnp.isfinite(loss) | (loss > tc.divergence_loss)
+        params_ok = tree_all_finite(new_params)
+        accept = ~diverged & params_ok & (t < tc.steps)
+        nan = jnp.full((), jnp.nan, self.dtype)
+
+        def record(s):
+            test = jnp.where(diverged, nan, self._test_loss(params, m))
+            return {**s,
+                    "train_loss": s["train_loss"].at[slot].set(jnp.where(diverged, nan, loss)),
+                    "test_loss": s["test_loss"].at[slot].set(test)}
+
+        state = jax.lax.cond(slot >= 0, record, lambda s: s, state)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
+        diverged = diverged | (~params_ok & (t < tc.steps))
+        return {**state,
+                "params": keep(new_params, params),
+                "opt": keep(new_opt, opt),
+                "diverged": diverged,
+                "diverged_step": jnp.where(diverged & (state["diverged_step"] < 0), t, state["diverged_step"])}
+
+    def _predict_member(self, params, m):
+        x, _ = self.task.test_set(self.dtype)
+        return self._apply(params, x, m)[:, 0]
+
+    # ---- the member axis --------------------------------------------------------------------
+    def _run_chunk(self, state: dict, members: dict, slot: jax.Array, start: jax.Array, end: jax.Array) -> dict:
+        step = jax.vmap(self._step_member, in_axes=(0, None, None, 0))
+        return jax.lax.fori_loop(start, end, lambda t, s: step(s, t, slot[t], members), state)
+
+    def members(self, group: Group, idx: np.ndarray) -> dict:
+        """Device arrays of the per-member numbers for members ``idx`` of ``group``."""
+        v = group.values
+        return {
+            "seed": jnp.asarray(v["train.seed"][idx], jnp.uint32),
+            "data_seed": jnp.asarray(v["task.data_seed"][idx], jnp.uint32),
+            "width": jnp.asarray(v["model.width"][idx], jnp.int32),
+            "depth": jnp.asarray(v["model.depth"][idx], jnp.int32),
+            "lr": jnp.asarray(v["train.lr"][idx], self.dtype),
+        }
+
+    def train(self, members: dict, progress=None) -> tuple[dict, float, float]:
+        """Train the members from init to the last step; returns (final state, compile s, run s)."""
+        tc = self.cfg.train
+        state = self._init(members)
+        slot = jnp.asarray(self.slot)
+        total = tc.steps + 1  # the extra step only evaluates the final parameters
+        t0 = time.perf_counter()
+        if self._compiled is None:
+            self._compiled = self._chunk.lower(state, members, slot, jnp.int32(0), jnp.int32(1)).compile()
+        chunk, compile_s = self._compiled, time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for start in range(0, total, tc.chunk_steps):
+            end = min(start + tc.chunk_steps, total)
+            state = chunk(state, members, slot, jnp.int32(start), jnp.int32(end))
+            jax.block_until_ready(state["diverged"])
+            if progress:
+                progress(end, total, time.perf_counter() - t0)
+        return state, compile_s, time.perf_counter() - t0
+
+    def predict(self, params: dict, members: dict) -> np.ndarray:
+        """Final predictions on the test grid, (n, test_size)."""
+        return np.asarray(self._predict(params, members))
+
+
+def run_group(cfg: Config, group: Group, log=sys.stderr) -> GroupOutput:
+    """Train every member of ``group``, in member chunks of ``run.member_chunk`` (0 = all at once).
+
+    The last chunk is filled up with copies of its last member (results discarded), so every chunk
+    has the same shape and the program compiles once.
+    """
+    with precision(cfg):
+        program = GroupProgram(cfg, int(group.values["model.width"].max()), int(group.values["model.depth"].max()))
+        n = group.size
+        size = cfg.run.member_chunk or n
+        size = min(size, n)
+        parts: list[dict] = []
+        compile_s = run_s = 0.0
+        for c0 in range(0, n, size):
+            idx = np.arange(c0, min(c0 + size, n))
+            padded = np.concatenate([idx, np.full(size - len(idx), idx[-1])])
+            members = program.members(group, padded)
+            label = f"[{group.label()}] members {c0 + 1}-{c0 + len(idx)}/{n}"
+
+            def progress(done, total, elapsed, label=label):
+                rate = done / max(elapsed, 1e-9)
+                eta = (total - done) / max(rate, 1e-9)
+                print(f"\r{label} step {done - 1}/{total - 1}  {rate * size:,.0f} member-steps/s  ETA {eta:5.0f}s",
+                      end="" if done < total else "\n", file=log, flush=True)
+
+            state, c_s, r_s = program.train(members, progress if log else None)
+            compile_s = compile_s or c_s
+            run_s += r_s
+            host = {k: np.asarray(state[k])[: len(idx)] for k in ("train_loss", "test_loss", "diverged", "diverged_step")}
+            if cfg.eval.save_predictions:
+                host["predictions"] = program.predict(state["params"], members)[: len(idx)]
+            if cfg.eval.save_params:
+                flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
+                host["params"] = {jax.tree_util.keystr(p, simple=True, separator="."): np.asarray(v)[: len(idx)]
+                                  for p, v in flat}
+            parts.append(host)
+    cat = lambda k: np.concatenate([p[k] for p in parts]) if k in parts[0] else None
+    params = ({name: np.concatenate([p["params"][name] for p in parts]) for name in parts[0]["params"]}
+              if cfg.eval.save_params else None)
+    return GroupOutput(cat("train_loss"), cat("test_loss"), cat("diverged"), cat("diverged_step"),
+                       cat("predictions"), params, compile_s, run_s)

@@ -1,0 +1,77 @@
+"""Sweep axes -> members -> groups.
+
+Members are the cartesian product of the sweep axes, in the order the config lists them
+(the first axis varies slowest). Axes in :data:`config.PER_MEMBER_KEYS` only change numbers and
+stay inside one compiled program; every other swept key is structural and splits the members
+into groups, each compiled once and all run by the same command.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from sweepjax.config import PER_MEMBER_KEYS, Config, dim_name
+
+
+@dataclass
+class Group:
+    """Members sharing one compiled program."""
+    structural: dict            # structural key -> value for this group
+    config: Config              # the config with this group's structural values (numeric keys at defaults)
+    index: np.ndarray           # flat member indices into the full grid, shape (n,)
+    values: dict[str, np.ndarray]  # per-member key -> values, shape (n,), for every key in PER_MEMBER_KEYS
+
+    @property
+    def size(self) -> int:
+        return len(self.index)
+
+    def label(self) -> str:
+        return ", ".join(f"{dim_name(k)}={v}" for k, v in self.structural.items()) or "all"
+
+
+@dataclass
+class Grid:
+    """The full sweep: axes, coordinates and groups."""
+    axes: dict[str, list]       # sweep key -> values (config order)
+    groups: list[Group]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(v) for v in self.axes.values())
+
+    @property
+    def dims(self) -> list[str]:
+        return [dim_name(k) for k in self.axes]
+
+    @property
+    def n_members(self) -> int:
+        return int(np.prod(self.shape)) if self.axes else 1
+
+
+def build_grid(cfg: Config) -> Grid:
+    """Enumerate members and split them into structural groups."""
+    keys = list(cfg.sweep)
+    combos = list(itertools.product(*(cfg.sweep[k] for k in keys)))
+    structural_keys = [k for k in keys if k not in PER_MEMBER_KEYS]
+    by_struct: dict[tuple, list[int]] = {}
+    for i, combo in enumerate(combos):
+        member = dict(zip(keys, combo))
+        by_struct.setdefault(tuple(member[k] for k in structural_keys), []).append(i)
+    groups = []
+    for struct_values, idx in by_struct.items():
+        structural = dict(zip(structural_keys, struct_values))
+        gcfg = cfg.with_values(structural)
+        values = {}
+        for key in PER_MEMBER_KEYS:
+            if key in keys:
+                pos = keys.index(key)
+                values[key] = np.array([combos[i][pos] for i in idx])
+            else:
+                values[key] = np.full(len(idx), gcfg.get(key))
+        # data_seed = -1 means "follow the init seed": independent data stream per init seed.
+        ds = values["task.data_seed"]
+        values["task.data_seed"] = np.where(ds < 0, values["train.seed"], ds)
+        groups.append(Group(structural, gcfg, np.array(idx), values))
+    return Grid(dict(cfg.sweep), groups)

@@ -1,0 +1,116 @@
+"""Results store: an xarray Dataset with one named dim per sweep axis, saved as NetCDF4.
+
+A results directory holds ``results.nc`` (the Dataset), ``config.toml`` (the fully resolved
+config) and ``manifest.json`` (versions, device, compile and run times). Everything is written to
+a temporary file and renamed into place, so an interrupted write never leaves a corrupt file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from sweepjax.config import Config, dim_name, to_toml
+from sweepjax.engine.train import GroupOutput
+from sweepjax.grid import Grid
+from sweepjax.models.mlp import count_params
+
+RESULTS_FILE, CONFIG_FILE, MANIFEST_FILE = "results.nc", "config.toml", "manifest.json"
+
+
+def _scatter(grid: Grid, outputs: list[GroupOutput], get, fill) -> np.ndarray:
+    """Place per-group member arrays into one array of shape (*grid.shape, *extra)."""
+    first = get(outputs[0])
+    dtype = first.dtype if first.dtype.kind == "f" else np.result_type(first.dtype, type(fill))
+    flat = np.full((grid.n_members,) + first.shape[1:], fill, dtype=dtype)
+    for group, out in zip(grid.groups, outputs):
+        flat[group.index] = get(out)
+    return flat.reshape(grid.shape + first.shape[1:])
+
+
+def _pad_to(a: np.ndarray, shape: tuple) -> np.ndarray:
+    out = np.zeros((a.shape[0],) + shape, a.dtype)
+    out[(slice(None),) + tuple(slice(0, s) for s in a.shape[1:])] = a
+    return out
+
+
+def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np.ndarray,
+                  test_x: np.ndarray) -> xr.Dataset:
+    """Assemble the sweep's Dataset: curves (sweep dims + eval_step), finals, flags, counts."""
+    dims = grid.dims
+    coords = {dim_name(k): np.asarray(v) for k, v in grid.axes.items()}
+    coords["eval_step"] = steps
+    data = {
+        "train_loss": (dims + ["eval_step"], _scatter(grid, outputs, lambda o: o.train_loss, np.nan)),
+        "test_loss": (dims + ["eval_step"], _scatter(grid, outputs, lambda o: o.test_loss, np.nan)),
+        "diverged": (dims, _scatter(grid, outputs, lambda o: o.diverged, False).astype(bool)),
+        "diverged_step": (dims, _scatter(grid, outputs, lambda o: o.diverged_step, -1)),
+    }
+    data["final_test_loss"] = (dims, data["test_loss"][1][..., -1])
+    n_params = np.zeros(grid.n_members, np.int64)
+    for g in grid.groups:
+        n_params[g.index] = [count_params(g.config.model, int(w), int(d), 1, 1)
+                             for w, d in zip(g.values["model.width"], g.values["model.depth"])]
+    data["n_params"] = (dims, n_params.reshape(grid.shape))
+    if cfg.eval.save_predictions:
+        coords["x"] = test_x
+        data["predictions"] = (dims + ["x"], _scatter(grid, outputs, lambda o: o.predictions, np.nan))
+    if cfg.eval.save_params:
+        for name in outputs[0].params:
+            shape = tuple(np.max([o.params[name].shape[1:] for o in outputs], axis=0))
+            arr = _scatter(grid, outputs, lambda o: _pad_to(o.params[name], shape), np.nan)
+            data[f"param.{name}"] = (dims + [f"param.{name}.{i}" for i in range(len(shape))], arr)
+    ds = xr.Dataset(data, coords=coords)
+    ds.attrs["sweepjax_config"] = to_toml(cfg)
+    ds["final_test_loss"].attrs["description"] = "test MSE of the final parameters (NaN if diverged)"
+    return ds
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path`` (same directory, so the rename is atomic)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save(ds: xr.Dataset, cfg: Config, out: str | Path, manifest: dict) -> Path:
+    """Write results, resolved config and manifest into directory ``out``; returns it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / RESULTS_FILE, lambda p: ds.to_netcdf(p, engine="h5netcdf"))
+    _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(to_toml(cfg)))
+    _atomic_write(out / MANIFEST_FILE, lambda p: p.write_text(json.dumps(manifest, indent=2, default=str)))
+    return out
+
+
+def load(path: str | Path) -> xr.Dataset:
+    """Open a results directory (or its results.nc) as an xarray Dataset, loaded into memory."""
+    path = Path(path)
+    file = path / RESULTS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no results file at {str(file)!r}")
+    with xr.open_dataset(file, engine="h5netcdf") as ds:
+        return ds.load()
+
+
+def manifest(compile_s: list[float], run_s: float, devices: list[str]) -> dict:
+    """Versions, device and timings of a run."""
+    import flax, jax, optax, scipy  # noqa: E401  (versions only)
+    from importlib.metadata import version
+    return {
+        "sweepjax": version("sweepjax"), "jax": jax.__version__, "jaxlib": version("jaxlib"),
+        "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
+        "scipy": scipy.__version__, "xarray": xr.__version__, "python": platform.python_version(),
+        "backend": jax.default_backend(), "devices": devices,
+        "compile_seconds_per_group": compile_s, "run_seconds": run_s,
+    }

@@ -1,0 +1,59 @@
+"""Task ``regression-1d``: y = f(x) for scalar x uniform on [low, high], mean squared error.
+
+Batches are pure functions of (data key, step), generated on the device; the test set is a
+fixed dense grid, so every member is evaluated on the same points.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from sweepjax.config import TaskConfig
+
+
+@dataclass(frozen=True)
+class Regression1D:
+    """y = f(x), x ~ U[low, high]; ``f`` and the sampling are named in :class:`TaskConfig`."""
+    cfg: TaskConfig
+    in_dim: int = 1
+    out_dim: int = 1
+
+    def target(self, x: jax.Array) -> jax.Array:
+        """f(x), elementwise."""
+        c = self.cfg
+        if c.function == "power":
+            return x ** c.power if float(c.power).is_integer() else jnp.abs(x) ** c.power * jnp.sign(x)
+        if c.function == "abs":
+            return jnp.abs(x) ** c.power
+        return jnp.sin(c.power * x)
+
+    def grid(self, n: int, dtype) -> jax.Array:
+        """n evenly spaced points on [low, high], shape (n, 1)."""
+        return jnp.linspace(self.cfg.low, self.cfg.high, n, dtype=dtype)[:, None]
+
+    def train_batch(self, data_key: jax.Array, step: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+        """The training batch of ``step``: (x, y), each (batch, 1)."""
+        c = self.cfg
+        if c.train_data == "grid":
+            x = self.grid(c.grid_size, dtype)
+        else:
+            key = jax.random.fold_in(data_key, step)
+            x = jax.random.uniform(key, (c.batch_size, 1), dtype, c.low, c.high)
+        return x, self.target(x)
+
+    def test_set(self, dtype) -> tuple[jax.Array, jax.Array]:
+        """The fixed evaluation grid: (x, y), each (test_size, 1)."""
+        x = self.grid(self.cfg.test_size, dtype)
+        return x, self.target(x)
+
+    @staticmethod
+    def loss(pred: jax.Array, y: jax.Array) -> jax.Array:
+        """Mean squared error over the batch."""
+        return jnp.mean(jnp.square(pred - y))
+
+
+def make_task(cfg: TaskConfig) -> Regression1D:
+    """The task object named by ``cfg.name``."""
+    return {"regression-1d": Regression1D}[cfg.name](cfg)

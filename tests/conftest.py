@@ -1,0 +1,34 @@
+"""Shared test helpers: small configs built in code, run on CPU."""
+from __future__ import annotations
+
+import pytest
+
+from sweepjax.config import build_config
+from sweepjax.engine import run_sweep
+
+
+def small_config(sweep: dict, **sections) -> "Config":
+    """A quick config: fresh minibatches of 64, 40 Adam steps, 4 eval points, plus overrides.
+
+    ``sections`` maps a section name to a dict of its keys, e.g. model={"residual": True}.
+    """
+    raw = {
+        "task": {"batch_size": 64, "test_size": 101},
+        "train": {"steps": 40, "chunk_steps": 15, "lr": 1e-2},
+        "eval": {"points": 4},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    raw["sweep"] = sweep
+    return build_config(raw)
+
+
+def run(sweep: dict, **sections):
+    """Results Dataset of a small sweep (silent)."""
+    ds, _ = run_sweep(small_config(sweep, **sections), log=None)
+    return ds
+
+
+@pytest.fixture
+def small():
+    return run
