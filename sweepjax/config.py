@@ -79,6 +79,7 @@ class RunConfig:
     """Where and how the sweep runs."""
     out: str = ""                    # results directory ("" -> runs/<config name>)
     member_chunk: int = 0            # members per compiled call (0 = all members of a group at once)
+    max_padding_waste: float = 1.5   # split a group into size buckets so FLOPs run / FLOPs needed <= this (0 = off)
     fit_form: str = "power_law"      # form fitted to median final test loss vs width after the run
     bootstrap: int = 1000            # bootstrap resamples (over seeds) for the exponent's interval
     figures: bool = True             # make the study's figures after the run
@@ -113,7 +114,7 @@ MINIMUM: dict[str, tuple[float, bool]] = {
     "train.warmup_fraction": (0, True), "train.weight_decay": (0, True), "train.momentum": (0, True),
     "train.lbfgs_memory": (1, True), "train.steps": (1, True), "train.chunk_steps": (1, True),
     "train.divergence_loss": (0, False), "eval.points": (1, True), "run.member_chunk": (0, True),
-    "run.bootstrap": (0, True),
+    "run.bootstrap": (0, True), "run.max_padding_waste": (0, True),
 }
 MAXIMUM: dict[str, float] = {
     "train.final_lr_fraction": 1.0, "train.warmup_fraction": 1.0, "train.momentum": 1.0,
@@ -325,8 +326,8 @@ def _check_combinations(cfg: Config) -> None:
                           "full batch; set task.train_data = 'grid'")
     if cfg.task.low >= cfg.task.high:
         raise ConfigError(f"task.low = {cfg.task.low} >= task.high = {cfg.task.high}: need low < high")
-    if cfg.run.member_chunk and cfg.run.member_chunk < 1:
-        raise ConfigError("run.member_chunk must be 0 (all) or >= 1")
+    if 0 < cfg.run.max_padding_waste < 1:
+        raise ConfigError(f"run.max_padding_waste = {cfg.run.max_padding_waste}: must be 0 (no bucketing) or >= 1")
 
 
 def load_config(path: str | Path, overrides: list[str] = (), on_cpu: bool = False) -> Config:

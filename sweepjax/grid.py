@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweepjax.config import PER_MEMBER_KEYS, Config, dim_name
+from sweepjax.models.mlp import count_params
 
 
 @dataclass
@@ -28,7 +29,25 @@ class Group:
         return len(self.index)
 
     def label(self) -> str:
-        return ", ".join(f"{dim_name(k)}={v}" for k, v in self.structural.items()) or "all"
+        parts = [f"{dim_name(k)}={v}" for k, v in self.structural.items()]
+        for key in ("model.width", "model.depth"):
+            lo, hi = self.values[key].min(), self.values[key].max()
+            parts.append(f"{dim_name(key)} {lo}" + (f"-{hi}" if hi > lo else ""))
+        return ", ".join(parts)
+
+    def subset(self, rows: np.ndarray) -> "Group":
+        """The members at positions ``rows`` of this group, as a group of their own."""
+        return Group(self.structural, self.config, self.index[rows], {k: v[rows] for k, v in self.values.items()})
+
+    def cost(self, width: int, depth: int) -> int:
+        """FLOPs-per-sample proxy of a member of (width, depth): its parameter count."""
+        return count_params(self.config.model, int(width), int(depth), 1, 1)
+
+    def padding_waste(self) -> float:
+        """FLOPs executed / FLOPs the true sizes need, when every member is padded to the group max."""
+        w, d = self.values["model.width"], self.values["model.depth"]
+        true = sum(self.cost(a, b) for a, b in zip(w, d))
+        return self.size * self.cost(w.max(), d.max()) / true
 
 
 @dataclass
@@ -48,6 +67,30 @@ class Grid:
     @property
     def n_members(self) -> int:
         return int(np.prod(self.shape)) if self.axes else 1
+
+
+def bucket(group: Group, max_waste: float) -> list[Group]:
+    """Split ``group`` into buckets of similar size so each bucket's padding waste is <= ``max_waste``.
+
+    First-fit decreasing over member shapes (width, depth), largest cost first: all members of a
+    shape join the first bucket whose waste stays within the limit, else open a new bucket.
+    ``max_waste`` = 0 disables bucketing. Results do not change (padding invariance); only the
+    work done does.
+    """
+    if not max_waste:
+        return [group]
+    w, d = group.values["model.width"], group.values["model.depth"]
+    shapes = sorted(set(zip(w.tolist(), d.tolist())), key=lambda s: (group.cost(*s), s), reverse=True)
+    buckets: list[list[int]] = []
+    for shape in shapes:
+        rows = [i for i in range(group.size) if (w[i], d[i]) == shape]
+        for b in buckets:
+            if group.subset(np.array(sorted(b + rows))).padding_waste() <= max_waste:
+                b += rows
+                break
+        else:
+            buckets.append(rows)
+    return [group.subset(np.array(sorted(b))) for b in buckets]
 
 
 def build_grid(cfg: Config) -> Grid:
@@ -73,5 +116,5 @@ def build_grid(cfg: Config) -> Grid:
         # data_seed = -1 means "follow the init seed": independent data stream per init seed.
         ds = values["task.data_seed"]
         values["task.data_seed"] = np.where(ds < 0, values["train.seed"], ds)
-        groups.append(Group(structural, gcfg, np.array(idx), values))
+        groups += bucket(Group(structural, gcfg, np.array(idx), values), cfg.run.max_padding_waste)
     return Grid(dict(cfg.sweep), groups)

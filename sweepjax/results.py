@@ -40,7 +40,7 @@ def _pad_to(a: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np.ndarray,
-                  test_x: np.ndarray) -> xr.Dataset:
+                  test_x: np.ndarray, test_y: np.ndarray) -> xr.Dataset:
     """Assemble the sweep's Dataset: curves (sweep dims + eval_step), finals, flags, counts."""
     dims = grid.dims
     coords = {dim_name(k): np.asarray(v) for k, v in grid.axes.items()}
@@ -59,6 +59,7 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     data["n_params"] = (dims, n_params.reshape(grid.shape))
     if cfg.eval.save_predictions:
         coords["x"] = test_x
+        data["test_target"] = (["x"], test_y)
         data["predictions"] = (dims + ["x"], _scatter(grid, outputs, lambda o: o.predictions, np.nan))
     if cfg.eval.save_params:
         for name in outputs[0].params:

@@ -5,11 +5,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
 from sweepjax.config import Config
-from sweepjax.engine.train import eval_steps, run_group
+from sweepjax.engine.train import eval_steps, precision, run_group
+from sweepjax.tasks.regression import make_task
 from sweepjax.grid import build_grid
 
 
@@ -28,7 +30,8 @@ def run_sweep(cfg: Config, log=sys.stderr) -> tuple[xr.Dataset, dict]:
     outputs = [run_group(g.config, g, log=log) for g in grid.groups]
     wall = time.perf_counter() - t0
     steps = eval_steps(cfg.train.steps, cfg.eval.points)
-    test_x = np.linspace(cfg.task.low, cfg.task.high, cfg.task.test_size)
-    ds = results.build_dataset(cfg, grid, outputs, steps, test_x)
+    with precision(cfg):
+        x, y = make_task(cfg.task).test_set(jnp.float64 if cfg.train.precision == "float64" else jnp.float32)
+    ds = results.build_dataset(cfg, grid, outputs, steps, np.asarray(x)[:, 0], np.asarray(y)[:, 0])
     man = results.manifest([o.compile_s for o in outputs], wall, [str(d) for d in jax.devices()])
     return ds, man

@@ -48,7 +48,7 @@ class GroupOutput:
     diverged: np.ndarray         # (n,) bool
     diverged_step: np.ndarray    # (n,) int, -1 if never
     predictions: np.ndarray | None  # (n, test_size) or None
-    params: dict | None          # leaf name -> (n, *padded shape) or None
+    params: dict | None          # leaf name -> (n, *padded shape) or None; "init." names: at init
     compile_s: float
     run_s: float
 
@@ -150,10 +150,13 @@ class GroupProgram:
             "lr": jnp.asarray(v["train.lr"][idx], self.dtype),
         }
 
-    def train(self, members: dict, progress=None) -> tuple[dict, float, float]:
-        """Train the members from init to the last step; returns (final state, compile s, run s)."""
+    def init(self, members: dict) -> dict:
+        """The stacked initial state of the members."""
+        return self._init(members)
+
+    def train(self, state: dict, members: dict, progress=None) -> tuple[dict, float, float]:
+        """Train from ``state`` to the last step; returns (final state, compile s, run s)."""
         tc = self.cfg.train
-        state = self._init(members)
         slot = jnp.asarray(self.slot)
         total = tc.steps + 1  # the extra step only evaluates the final parameters
         t0 = time.perf_counter()
@@ -172,6 +175,12 @@ class GroupProgram:
     def predict(self, params: dict, members: dict) -> np.ndarray:
         """Final predictions on the test grid, (n, test_size)."""
         return np.asarray(self._predict(params, members))
+
+
+def host_params(params: dict, n: int, prefix: str = "") -> dict[str, np.ndarray]:
+    """Leaf name -> host array of the first ``n`` members (names like ``w_in``, ``b_in``)."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {prefix + jax.tree_util.keystr(p, simple=True, separator="."): np.asarray(v)[:n] for p, v in flat}
 
 
 def run_group(cfg: Config, group: Group, log=sys.stderr) -> GroupOutput:
@@ -199,16 +208,17 @@ def run_group(cfg: Config, group: Group, log=sys.stderr) -> GroupOutput:
                 print(f"\r{label} step {done - 1}/{total - 1}  {rate * size:,.0f} member-steps/s  ETA {eta:5.0f}s",
                       end="" if done < total else "\n", file=log, flush=True)
 
-            state, c_s, r_s = program.train(members, progress if log else None)
+            state = program.init(members)
+            if cfg.eval.save_params:
+                init_params = host_params(state["params"], len(idx), prefix="init.")
+            state, c_s, r_s = program.train(state, members, progress if log else None)
             compile_s = compile_s or c_s
             run_s += r_s
             host = {k: np.asarray(state[k])[: len(idx)] for k in ("train_loss", "test_loss", "diverged", "diverged_step")}
             if cfg.eval.save_predictions:
                 host["predictions"] = program.predict(state["params"], members)[: len(idx)]
             if cfg.eval.save_params:
-                flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
-                host["params"] = {jax.tree_util.keystr(p, simple=True, separator="."): np.asarray(v)[: len(idx)]
-                                  for p, v in flat}
+                host["params"] = {**init_params, **host_params(state["params"], len(idx))}
             parts.append(host)
     cat = lambda k: np.concatenate([p[k] for p in parts]) if k in parts[0] else None
     params = ({name: np.concatenate([p["params"][name] for p in parts]) for name in parts[0]["params"]}
