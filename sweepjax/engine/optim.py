@@ -11,16 +11,21 @@ from sweepjax.config import TrainConfig
 
 
 def schedule(cfg: TrainConfig, lr: jax.Array) -> optax.Schedule:
-    """Learning rate as a function of step, peaking at ``lr``."""
-    end = lr * cfg.final_lr_fraction
+    """Learning rate as a function of step: ``lr`` times a schedule shape that peaks at 1.
+
+    The shape holds only config numbers, so a traced per-member ``lr`` stays a plain factor.
+    """
+    end = cfg.final_lr_fraction
     if cfg.schedule == "cosine" or (cfg.schedule == "warmup_cosine" and cfg.warmup_fraction == 0):
-        return optax.cosine_decay_schedule(lr, cfg.steps, alpha=cfg.final_lr_fraction)
-    if cfg.schedule == "warmup_cosine":
+        shape = optax.cosine_decay_schedule(1.0, cfg.steps, alpha=end)
+    elif cfg.schedule == "warmup_cosine":
         warmup = max(1, int(round(cfg.warmup_fraction * cfg.steps)))
-        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, cfg.steps, end_value=end)
-    if cfg.schedule == "linear":
-        return optax.linear_schedule(lr, end, cfg.steps)
-    return optax.constant_schedule(lr)
+        shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, cfg.steps, end_value=end)
+    elif cfg.schedule == "linear":
+        shape = optax.linear_schedule(1.0, end, cfg.steps)
+    else:
+        shape = optax.constant_schedule(1.0)
+    return lambda step: lr * shape(step)
 
 
 def make_optimizer(cfg: TrainConfig, lr: jax.Array) -> optax.GradientTransformation:

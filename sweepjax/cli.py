@@ -1,0 +1,125 @@
+"""Command line: ``sweepjax run | fit | plot | info``.
+
+User mistakes (bad config, bad paths) print one ``error:`` line and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sweepjax.config import ConfigError
+
+EXIT_USER_ERROR = 2
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output path {str(out)!r} exists and is not a directory; choose another --out")
+    if (out / "results.nc").exists() and not overwrite:
+        raise ConfigError(f"{str(out)!r} already holds results; pass --overwrite or choose another --out")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a sweep, save results, fit the width exponent, make figures."""
+    import jax
+
+    from sweepjax.config import load_config
+    on_cpu = jax.default_backend() == "cpu"
+    cfg = load_config(args.config, args.set, on_cpu=on_cpu)
+    out = Path(args.out or cfg.run.out or Path("runs") / cfg.name)
+    _check_out(out, args.overwrite)
+    if on_cpu and "on_cpu" in Path(args.config).read_text(encoding="utf-8"):
+        print("no accelerator found: using the config's [on_cpu] sizes (the full sweep needs a GPU)", file=sys.stderr)
+    from sweepjax import results
+    from sweepjax.engine import run_sweep
+    ds, manifest = run_sweep(cfg)
+    manifest["command"] = " ".join(["sweepjax"] + sys.argv[1:])
+    results.save(ds, cfg, out, manifest)
+    print(f"results: {out}/ (results.nc, config.toml, manifest.json)")
+    n_div = int(ds["diverged"].sum())
+    if n_div:
+        print(f"warning: {n_div} member(s) diverged and were frozen (see the 'diverged' variable)")
+    analyse(out, ds, cfg.run)
+    return 0
+
+
+def analyse(out: Path, ds, run_cfg) -> None:
+    """Width-scaling fit (printed, saved as fit.json) and figures, when the sweep has a width axis."""
+    if "width" not in ds.dims or ds.sizes["width"] < 3:
+        return
+    from sweepjax.analysis.scaling import describe, width_scaling
+    rows = width_scaling(ds, form=run_cfg.fit_form, n_boot=run_cfg.bootstrap)
+    for row in rows:
+        print(describe(row))
+    (out / "fit.json").write_text(json.dumps(rows, indent=2))
+    if run_cfg.figures:
+        from sweepjax.plots import make_figures
+        for path in make_figures(ds, rows, out / "figures"):
+            print(f"figure: {path}")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Remake fit and figures of a results directory."""
+    from sweepjax import results
+    from sweepjax.config import load_config
+    out = Path(args.dir)
+    try:
+        ds = results.load(out)
+    except (FileNotFoundError, OSError) as e:
+        raise ConfigError(f"cannot read results in {str(out)!r}: {e}") from None
+    cfg = load_config(out / results.CONFIG_FILE)
+    analyse(out, ds, cfg.run)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Devices and versions."""
+    import jax
+
+    from sweepjax.results import manifest
+    info = manifest([], 0.0, [f"{d} ({d.device_kind})" for d in jax.devices()])
+    for key in ("sweepjax", "jax", "jaxlib", "flax", "optax", "numpy", "scipy", "xarray", "python", "backend"):
+        print(f"{key:10s} {info[key]}")
+    for d in info["devices"]:
+        print(f"device     {d}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``sweepjax`` command."""
+    p = argparse.ArgumentParser(prog="sweepjax", description="Vectorized JAX sweeps and scaling-law fits.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a sweep from a TOML config")
+    r.add_argument("config")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    r.add_argument("--out", help="results directory (default: run.out or runs/<config name>)")
+    r.add_argument("--overwrite", action="store_true", help="replace results already in the output directory")
+    r.set_defaults(func=cmd_run)
+    pl = sub.add_parser("plot", help="remake the fit and figures of a results directory")
+    pl.add_argument("dir")
+    pl.set_defaults(func=cmd_plot)
+    i = sub.add_parser("info", help="devices and versions")
+    i.set_defaults(func=cmd_info)
+    from sweepjax.fit.cli import add_fit_parser, run_fit
+    add_fit_parser(sub)
+    sub.choices["fit"].set_defaults(func=run_fit)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
