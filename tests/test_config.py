@@ -1,0 +1,91 @@
+"""Config validation: every class of user mistake gives one line naming the key, and exit code 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sweepjax.cli import main
+from sweepjax.config import build_config, load_config, parse_override, to_toml
+
+BAD = {
+    "unknown key": ("[model]\nwidht = 4\n", "did you mean 'model.width'"),
+    "unknown section": ("[modle]\nwidth = 4\n", "did you mean 'model'"),
+    "unknown sweep key": ('[sweep]\n"model.widths" = [2, 4]\n', "did you mean 'sweep.model.width'"),
+    "wrong type": ('[model]\nwidth = "big"\n', "model.width = 'big': must be an integer"),
+    "bool for int": ("[train]\nsteps = true\n", "train.steps = True: must be an integer"),
+    "width < 1": ("[model]\nwidth = 0\n", "model.width = 0: must be >= 1"),
+    "negative lr": ("[train]\nlr = -0.1\n", "train.lr = -0.1: must be > 0"),
+    "bad choice": ('[model]\nactivation = "swish"\n', "allowed: silu, relu, relu2, gelu, tanh"),
+    "empty axis": ('[sweep]\n"model.width" = []\n', "needs at least one value"),
+    "bad axis value": ('[sweep]\n"model.width" = [4, -2]\n', "model.width = -2: must be >= 1"),
+    "repeated axis value": ("[sweep]\nseed = [1, 1]\n", "must not repeat"),
+    "bad generator": ('[sweep]\n"model.width" = {powers_of_two = [3, 64]}\n', "powers of two"),
+    "incompatible": ('[task]\ntrain_data = "fresh"\n[train]\noptimizer = "lbfgs"\n', "needs a fixed full batch"),
+    "interval": ("[task]\nlow = 2.0\nhigh = -2.0\n", "need low < high"),
+    "not toml": ("[model\nwidth = 4\n", "is not valid TOML"),
+    "section not table": ("model = 3\n", "model = 3: must be a table"),
+    "huge": ("[model]\nwidth = 100000000\n", "must be <= "),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_config_one_line_exit_2(name, tmp_path, capsys):
+    text, expected = BAD[name]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    code = main(["run", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_override_and_missing_file(tmp_path, capsys):
+    good = tmp_path / "good.toml"
+    good.write_text("[model]\nwidth = 4\n")
+    assert main(["run", str(good), "--set", "train.lr=-1"]) == 2
+    assert "train.lr = -1.0: must be > 0" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_non_utf8_and_output_is_a_file(tmp_path, capsys):
+    bad = tmp_path / "bytes.toml"
+    bad.write_bytes(b"[model]\nwidth = \xff\xfe\n")
+    assert main(["run", str(bad)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    good = tmp_path / "good.toml"
+    good.write_text("[model]\nwidth = 4\n")
+    (tmp_path / "file").write_text("x")
+    assert main(["run", str(good), "--out", str(tmp_path / "file")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_console_script_no_traceback(tmp_path):
+    """The installed command itself: one line on stderr, exit 2."""
+    path = tmp_path / "bad.toml"
+    path.write_text("[train]\nlr = -1\n")
+    proc = subprocess.run([sys.executable, "-m", "sweepjax.cli", "run", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: train.lr = -1.0: must be > 0"]
+
+
+def test_overrides_generators_and_on_cpu(tmp_path):
+    raw = {"model": {"width": 8}, "sweep": {"model.width": {"powers_of_two": [2, 16]}, "seed": {"range": [0, 3]},
+                                            "train.lr": {"logspace": [1e-3, 1e-1, 3]}},
+           "on_cpu": {"train.steps": 7, "sweep.seed": [0]}}
+    cfg = build_config(raw, [parse_override("train.steps=11")], on_cpu=True)
+    assert cfg.sweep["model.width"] == [2, 4, 8, 16]
+    assert cfg.sweep["train.seed"] == [0]          # [on_cpu] replaced the axis
+    assert cfg.train.steps == 11                   # --set wins over [on_cpu]
+    assert cfg.sweep["train.lr"] == pytest.approx([1e-3, 1e-2, 1e-1])
+    gpu = build_config(raw, on_cpu=False)
+    assert gpu.sweep["train.seed"] == [0, 1, 2] and gpu.train.steps == 1000
+    # The resolved config round-trips through its TOML text.
+    path = tmp_path / "resolved.toml"
+    path.write_text(to_toml(cfg))
+    again = load_config(path)
+    assert again.to_dict() == cfg.to_dict()
