@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import signal
 import sys
 from pathlib import Path
 
 from sweepjax.config import ConfigError
+
+CHECKPOINT_DIR = "checkpoints"  # same name as sweepjax.engine.checkpoint.CHECKPOINT_DIR (kept import-light)
 
 EXIT_USER_ERROR = 2
 
@@ -17,32 +21,108 @@ EXIT_USER_ERROR = 2
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output path {str(out)!r} exists and is not a directory; choose another --out")
-    if (out / "results.nc").exists() and not overwrite:
+    if overwrite:
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    elif (out / "results.nc").exists():
         raise ConfigError(f"{str(out)!r} already holds results; pass --overwrite or choose another --out")
+    elif (out / CHECKPOINT_DIR).exists():
+        raise ConfigError(f"{str(out)!r} holds an unfinished sweep; continue it with "
+                          f"'sweepjax run --resume {out}' or pass --overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to output directory {str(out)!r}: {e.strerror}") from None
+
+
+def _resume_config(args: argparse.Namespace, on_cpu: bool):
+    """The config of a resumed run: the saved one (plus --set), checked against CONFIG if given."""
+    from sweepjax.config import RESUME_SAFE_KEYS, differences, load_config
+    out = Path(args.resume)
+    saved_path = out / "config.toml"
+    if not saved_path.is_file():
+        raise ConfigError(f"--resume {str(out)!r}: no sweep to resume there (no config.toml)")
+    if (out / "results.nc").exists() and not (out / CHECKPOINT_DIR).exists():
+        raise ConfigError(f"--resume {str(out)!r}: that sweep already finished")
+    saved = load_config(saved_path)
+    cfg = load_config(args.config, args.set, on_cpu=on_cpu) if args.config else load_config(saved_path, args.set)
+    allowed = set(args.allow_change)
+    for key in allowed - set(RESUME_SAFE_KEYS):
+        raise ConfigError(f"--allow-change {key}: changing it would change results; only "
+                          f"{', '.join(RESUME_SAFE_KEYS)} may change on resume")
+    diff = {k: v for k, v in differences(saved, cfg).items() if k not in allowed}
+    if diff:
+        listed = "; ".join(f"{k} (saved {a!r}, now {b!r})" for k, a, b in ((k, *v) for k, v in diff.items()))
+        raise ConfigError(f"--resume {str(out)!r}: config differs from the saved one in {listed}")
+    cfg.name = saved.name if not args.config else cfg.name
+    return cfg, out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run a sweep, save results, fit the width exponent, make figures."""
+    """Run (or resume) a sweep, save results, fit the width exponent, make figures."""
     import jax
 
-    from sweepjax.config import load_config
-    on_cpu = jax.default_backend() == "cpu"
-    cfg = load_config(args.config, args.set, on_cpu=on_cpu)
-    out = Path(args.out or cfg.run.out or Path("runs") / cfg.name)
-    _check_out(out, args.overwrite)
-    if on_cpu and "on_cpu" in Path(args.config).read_text(encoding="utf-8"):
-        print("no accelerator found: using the config's [on_cpu] sizes (the full sweep needs a GPU)", file=sys.stderr)
     from sweepjax import results
+    from sweepjax.config import load_config
     from sweepjax.engine import run_sweep
-    ds, manifest = run_sweep(cfg)
+    from sweepjax.engine.checkpoint import Interrupted, Store
+    on_cpu = jax.default_backend() == "cpu"
+    if args.resume:
+        cfg, out = _resume_config(args, on_cpu)
+    elif not args.config:
+        raise ConfigError("sweepjax run needs a CONFIG file (or --resume DIR)")
+    else:
+        cfg = load_config(args.config, args.set, on_cpu=on_cpu)
+        out = Path(args.out or cfg.run.out or Path("runs") / cfg.name)
+        _check_out(out, args.overwrite)
+        if on_cpu and "on_cpu" in Path(args.config).read_text(encoding="utf-8"):
+            print("no accelerator found: using the config's [on_cpu] sizes (the full sweep needs a GPU)",
+                  file=sys.stderr)
+        results.save_config(cfg, out)
+    store = Store(out, keep=cfg.run.keep_checkpoints, every_steps=cfg.run.checkpoint_steps,
+                  every_minutes=cfg.run.checkpoint_minutes)
+    stop = _StopFlag()
+    try:
+        ds, manifest = run_sweep(cfg, store=store, should_stop=stop)
+    except Interrupted as e:
+        print(f"interrupted ({e}); checkpoint written. Resume with: sweepjax run --resume {out}", file=sys.stderr)
+        return 130
+    finally:
+        stop.restore()
+        store.close()
     manifest["command"] = " ".join(["sweepjax"] + sys.argv[1:])
     results.save(ds, cfg, out, manifest)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     print(f"results: {out}/ (results.nc, config.toml, manifest.json)")
     n_div = int(ds["diverged"].sum())
     if n_div:
         print(f"warning: {n_div} member(s) diverged and were frozen (see the 'diverged' variable)")
     analyse(out, ds, cfg.run)
     return 0
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag: the run checkpoints after the current chunk and exits. A second
+    Ctrl-C stops at once (the last checkpoint stays valid)."""
+
+    def __init__(self):
+        self.stop = False
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame):
+        if self.stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop = True
+        print(f"\n{signal.Signals(signum).name}: finishing the current chunk, then checkpointing", file=sys.stderr)
+
+    def __call__(self) -> bool:
+        return self.stop
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
 
 
 def analyse(out: Path, ds, run_cfg) -> None:
@@ -91,11 +171,14 @@ def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``sweepjax`` command."""
     p = argparse.ArgumentParser(prog="sweepjax", description="Vectorized JAX sweeps and scaling-law fits.")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run a sweep from a TOML config")
-    r.add_argument("config")
+    r = sub.add_parser("run", help="run a sweep from a TOML config, or resume one")
+    r.add_argument("config", nargs="?")
     r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     r.add_argument("--out", help="results directory (default: run.out or runs/<config name>)")
     r.add_argument("--overwrite", action="store_true", help="replace results already in the output directory")
+    r.add_argument("--resume", metavar="DIR", help="continue the stopped sweep in DIR from its last checkpoint")
+    r.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="on --resume, accept a change of this result-neutral key (e.g. run.bootstrap)")
     r.set_defaults(func=cmd_run)
     pl = sub.add_parser("plot", help="remake the fit and figures of a results directory")
     pl.add_argument("dir")

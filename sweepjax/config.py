@@ -83,6 +83,9 @@ class RunConfig:
     fit_form: str = "power_law"      # form fitted to median final test loss vs width after the run
     bootstrap: int = 1000            # bootstrap resamples (over seeds) for the exponent's interval
     figures: bool = True             # make the study's figures after the run
+    checkpoint_steps: int = 0        # checkpoint every this many steps (0: by time only)
+    checkpoint_minutes: float = 10.0 # checkpoint at least this often, in minutes of training (0: off)
+    keep_checkpoints: int = 2        # how many recent checkpoints to keep
 
 
 SECTIONS: dict[str, type] = {
@@ -114,13 +117,18 @@ MINIMUM: dict[str, tuple[float, bool]] = {
     "train.warmup_fraction": (0, True), "train.weight_decay": (0, True), "train.momentum": (0, True),
     "train.lbfgs_memory": (1, True), "train.steps": (1, True), "train.chunk_steps": (1, True),
     "train.divergence_loss": (0, False), "eval.points": (1, True), "run.member_chunk": (0, True),
-    "run.bootstrap": (0, True), "run.max_padding_waste": (0, True),
+    "run.bootstrap": (0, True), "run.max_padding_waste": (0, True), "run.checkpoint_steps": (0, True),
+    "run.checkpoint_minutes": (0, True), "run.keep_checkpoints": (1, True),
 }
 MAXIMUM: dict[str, float] = {
     "train.final_lr_fraction": 1.0, "train.warmup_fraction": 1.0, "train.momentum": 1.0,
     "model.width": 2**20, "model.depth": 4096, "train.steps": 10**9, "task.batch_size": 10**8,
     "task.grid_size": 10**8, "task.test_size": 10**7, "model.mlp_ratio": 64,
 }
+
+# Keys a resumed run may change (with --allow-change): they do not change any member's numbers.
+RESUME_SAFE_KEYS = ("run.out", "run.fit_form", "run.bootstrap", "run.figures", "run.checkpoint_steps",
+                    "run.checkpoint_minutes", "run.keep_checkpoints", "train.chunk_steps")
 
 # Sweep axis aliases: short name -> full key.
 AXIS_ALIASES = {"seed": "train.seed", "data_seed": "task.data_seed"}
@@ -342,6 +350,18 @@ def load_config(path: str | Path, overrides: list[str] = (), on_cpu: bool = Fals
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
     return build_config(raw, [parse_override(o) for o in overrides], name=path.stem, on_cpu=on_cpu)
+
+
+def differences(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
+    """Keys (``section.key`` or ``sweep.key``) whose values differ: key -> (value in a, value in b)."""
+    da, db = a.to_dict(), b.to_dict()
+    out = {}
+    for section in da.keys() | db.keys():
+        for key in da.get(section, {}).keys() | db.get(section, {}).keys():
+            va, vb = da.get(section, {}).get(key), db.get(section, {}).get(key)
+            if va != vb:
+                out[f"{section}.{key}"] = (va, vb)
+    return dict(sorted(out.items()))
 
 
 def to_toml(cfg: Config) -> str:

@@ -121,7 +121,7 @@ def make_figures(ds: xr.Dataset, rows: list[dict], outdir: str | Path) -> list[P
         made.append(plot_histogram(ds, outdir / "loss_histogram_width2.png"))
     if "predictions" in ds and "seed" in ds.dims and "width" in ds.dims:
         made.append(plot_ensemble(ds, outdir / "ensemble_vs_wide.png"))
-    one_hidden_layer = "param.w_h" in ds and ds["param.w_h"].shape[-3] == 0 and ds["param.w_in"].shape[-2] == 1
+    one_hidden_layer = "param.w_in" in ds and "param.w_h" not in ds and "param.w1" not in ds
     if one_hidden_layer and "width" in ds.dims:
         act = {"activation": "silu"} if "activation" in ds.dims and "silu" in ds["activation"].values else {}
         made.append(plot_mirror(ds, outdir / "mirror_pairs.png", **act))

@@ -84,12 +84,18 @@ def _atomic_write(path: Path, write) -> None:
             os.remove(tmp)
 
 
+def save_config(cfg: Config, out: str | Path) -> None:
+    """Write the resolved config into directory ``out`` (at the start of a run, so it can resume)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(to_toml(cfg)))
+
+
 def save(ds: xr.Dataset, cfg: Config, out: str | Path, manifest: dict) -> Path:
     """Write results, resolved config and manifest into directory ``out``; returns it."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
     _atomic_write(out / RESULTS_FILE, lambda p: ds.to_netcdf(p, engine="h5netcdf"))
-    _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(to_toml(cfg)))
     _atomic_write(out / MANIFEST_FILE, lambda p: p.write_text(json.dumps(manifest, indent=2, default=str)))
     return out
 

@@ -15,10 +15,12 @@ from sweepjax.tasks.regression import make_task
 from sweepjax.grid import build_grid
 
 
-def run_sweep(cfg: Config, log=sys.stderr) -> tuple[xr.Dataset, dict]:
+def run_sweep(cfg: Config, log=sys.stderr, store=None, should_stop=lambda: False) -> tuple[xr.Dataset, dict]:
     """Train every member of the sweep; returns (results Dataset, manifest dict).
 
-    ``log`` receives the progress lines (``None`` for silence).
+    ``log`` receives the progress lines (``None`` for silence). With a checkpoint ``store``
+    (:class:`sweepjax.engine.checkpoint.Store`) the run checkpoints as it goes, resumes from what
+    the store holds, and stops with ``Interrupted`` after a checkpoint once ``should_stop()``.
     """
     from sweepjax import results  # results sits downstream of the engine; imported lazily
 
@@ -27,7 +29,8 @@ def run_sweep(cfg: Config, log=sys.stderr) -> tuple[xr.Dataset, dict]:
         print(f"sweep {cfg.name!r}: {grid.n_members} members in {len(grid.groups)} group(s) "
               f"on {jax.default_backend()} ({jax.device_count()} device(s))", file=log)
     t0 = time.perf_counter()
-    outputs = [run_group(g.config, g, log=log) for g in grid.groups]
+    outputs = [run_group(g.config, g, log=log, store=store, name=f"g{i}", should_stop=should_stop)
+               for i, g in enumerate(grid.groups)]
     wall = time.perf_counter() - t0
     steps = eval_steps(cfg.train.steps, cfg.eval.points)
     with precision(cfg):

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from sweepjax.config import Config
+from sweepjax.engine.checkpoint import Interrupted
 from sweepjax.engine.optim import make_optimizer, needs_value_fn
 from sweepjax.grid import Group
 from sweepjax.models.mlp import MLP
@@ -154,8 +155,12 @@ class GroupProgram:
         """The stacked initial state of the members."""
         return self._init(members)
 
-    def train(self, state: dict, members: dict, progress=None) -> tuple[dict, float, float]:
-        """Train from ``state`` to the last step; returns (final state, compile s, run s)."""
+    def train(self, state: dict, members: dict, start: int = 0, after_chunk=None) -> tuple[dict, float, float]:
+        """Train from ``state`` at step ``start`` to the last step; returns (final state, compile s, run s).
+
+        ``after_chunk(next_step, total, elapsed_s, state)`` is called after every chunk (progress,
+        checkpoints); it may raise to stop the run.
+        """
         tc = self.cfg.train
         slot = jnp.asarray(self.slot)
         total = tc.steps + 1  # the extra step only evaluates the final parameters
@@ -164,12 +169,12 @@ class GroupProgram:
             self._compiled = self._chunk.lower(state, members, slot, jnp.int32(0), jnp.int32(1)).compile()
         chunk, compile_s = self._compiled, time.perf_counter() - t0
         t0 = time.perf_counter()
-        for start in range(0, total, tc.chunk_steps):
-            end = min(start + tc.chunk_steps, total)
-            state = chunk(state, members, slot, jnp.int32(start), jnp.int32(end))
+        for begin in range(start, total, tc.chunk_steps):
+            end = min(begin + tc.chunk_steps, total)
+            state = chunk(state, members, slot, jnp.int32(begin), jnp.int32(end))
             jax.block_until_ready(state["diverged"])
-            if progress:
-                progress(end, total, time.perf_counter() - t0)
+            if after_chunk:
+                after_chunk(end, total, time.perf_counter() - t0, state)
         return state, compile_s, time.perf_counter() - t0
 
     def predict(self, params: dict, members: dict) -> np.ndarray:
@@ -183,45 +188,66 @@ def host_params(params: dict, n: int, prefix: str = "") -> dict[str, np.ndarray]
     return {prefix + jax.tree_util.keystr(p, simple=True, separator="."): np.asarray(v)[:n] for p, v in flat}
 
 
-def run_group(cfg: Config, group: Group, log=sys.stderr) -> GroupOutput:
+def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str = "g0",
+              should_stop=lambda: False) -> GroupOutput:
     """Train every member of ``group``, in member chunks of ``run.member_chunk`` (0 = all at once).
 
     The last chunk is filled up with copies of its last member (results discarded), so every chunk
-    has the same shape and the program compiles once.
+    has the same shape and the program compiles once. With a checkpoint ``store``, finished chunks
+    are skipped on resume, the chunk in progress restarts from its latest checkpoint, and
+    ``should_stop()`` turning true makes the run checkpoint and raise :class:`Interrupted`.
     """
     with precision(cfg):
         program = GroupProgram(cfg, int(group.values["model.width"].max()), int(group.values["model.depth"].max()))
         n = group.size
-        size = cfg.run.member_chunk or n
-        size = min(size, n)
+        size = min(cfg.run.member_chunk or n, n)
         parts: list[dict] = []
         compile_s = run_s = 0.0
         for c0 in range(0, n, size):
             idx = np.arange(c0, min(c0 + size, n))
+            unit = f"{name}_m{c0}"
+            done = store.load_unit(unit) if store else None
+            if done is not None:
+                parts.append(done)
+                continue
             padded = np.concatenate([idx, np.full(size - len(idx), idx[-1])])
             members = program.members(group, padded)
+            state, start = program.init(members), 0
+            host = {}
+            if cfg.eval.save_params:
+                host.update(host_params(state["params"], len(idx), prefix="params/init."))
+            if store and (restored := store.restore(unit, state)):
+                state, start = restored
+                if log:
+                    print(f"[{group.label()}] resuming members {c0 + 1}-{c0 + len(idx)} at step {start}", file=log)
             label = f"[{group.label()}] members {c0 + 1}-{c0 + len(idx)}/{n}"
 
-            def progress(done, total, elapsed, label=label):
-                rate = done / max(elapsed, 1e-9)
-                eta = (total - done) / max(rate, 1e-9)
-                print(f"\r{label} step {done - 1}/{total - 1}  {rate * size:,.0f} member-steps/s  ETA {eta:5.0f}s",
-                      end="" if done < total else "\n", file=log, flush=True)
+            def after_chunk(step, total, elapsed, state, label=label, start=start):
+                if log:
+                    rate = (step - start) / max(elapsed, 1e-9)
+                    eta = (total - step) / max(rate, 1e-9)
+                    print(f"\r{label} step {step - 1}/{total - 1}  {rate * size:,.0f} member-steps/s  ETA {eta:5.0f}s",
+                          end="" if step < total else "\n", file=log, flush=True)
+                if store and step < total and (should_stop() or store.due(step)):
+                    store.save(unit, step, state)
+                    if should_stop():
+                        if log:
+                            print(file=log)
+                        raise Interrupted(f"stopped at step {step} of {label}")
 
-            state = program.init(members)
-            if cfg.eval.save_params:
-                init_params = host_params(state["params"], len(idx), prefix="init.")
-            state, c_s, r_s = program.train(state, members, progress if log else None)
+            state, c_s, r_s = program.train(state, members, start, after_chunk)
             compile_s = compile_s or c_s
             run_s += r_s
-            host = {k: np.asarray(state[k])[: len(idx)] for k in ("train_loss", "test_loss", "diverged", "diverged_step")}
+            host.update({k: np.asarray(state[k])[: len(idx)]
+                         for k in ("train_loss", "test_loss", "diverged", "diverged_step")})
             if cfg.eval.save_predictions:
                 host["predictions"] = program.predict(state["params"], members)[: len(idx)]
             if cfg.eval.save_params:
-                host["params"] = {**init_params, **host_params(state["params"], len(idx))}
+                host.update(host_params(state["params"], len(idx), prefix="params/"))
+            if store:
+                store.save_unit(unit, host)
             parts.append(host)
     cat = lambda k: np.concatenate([p[k] for p in parts]) if k in parts[0] else None
-    params = ({name: np.concatenate([p["params"][name] for p in parts]) for name in parts[0]["params"]}
-              if cfg.eval.save_params else None)
+    params = {k[len("params/"):]: cat(k) for k in parts[0] if k.startswith("params/")} or None
     return GroupOutput(cat("train_loss"), cat("test_loss"), cat("diverged"), cat("diverged_step"),
                        cat("predictions"), params, compile_s, run_s)

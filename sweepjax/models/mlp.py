@@ -118,15 +118,16 @@ class MLP(nn.Module):
             h = norm(h)
         else:
             h = act(h) * unit
-            layer_on = (jnp.arange(D - 1) < depth - 1).astype(dt)
-            w_h = param("w_h", (D - 1, W, W), width, layer_on[:, None, None] * unit[:, None] * unit[None, :])
-            b_h = param("b_h", (D - 1, W), width, layer_on[:, None] * unit[None, :], is_bias=True)
+            if D > 1:  # no empty hidden stack for one-hidden-layer nets
+                layer_on = (jnp.arange(D - 1) < depth - 1).astype(dt)
+                w_h = param("w_h", (D - 1, W, W), width, layer_on[:, None, None] * unit[:, None] * unit[None, :])
+                b_h = param("b_h", (D - 1, W), width, layer_on[:, None] * unit[None, :], is_bias=True)
 
-            def layer(h, p):
-                w, b, on = p
-                return jnp.where(on > 0, act(h @ w + b) * unit, h), None
+                def layer(h, p):
+                    w, b, on = p
+                    return jnp.where(on > 0, act(h @ w + b) * unit, h), None
 
-            h, _ = jax.lax.scan(layer, h, (w_h, b_h, layer_on))
+                h, _ = jax.lax.scan(layer, h, (w_h, b_h, layer_on))
         w_out = param("w_out", (W, self.out_dim), width, unit[:, None])
         b_out = param("b_out", (self.out_dim,), width, jnp.ones((self.out_dim,), dt), is_bias=True)
         return h @ w_out + b_out
