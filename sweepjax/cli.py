@@ -68,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweepjax.config import load_config
     from sweepjax.engine import run_sweep
     from sweepjax.engine.checkpoint import Interrupted, Store
+    from sweepjax.engine.sweep import check_memory
     on_cpu = jax.default_backend() == "cpu"
     if args.resume:
         cfg, out = _resume_config(args, on_cpu)
@@ -76,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.set, on_cpu=on_cpu)
         out = Path(args.out or cfg.run.out or Path("runs") / cfg.name)
+        check_memory(cfg)
         _check_out(out, args.overwrite)
         if on_cpu and "on_cpu" in Path(args.config).read_text(encoding="utf-8"):
             print("no accelerator found: using the config's [on_cpu] sizes (the full sweep needs a GPU)",

@@ -79,6 +79,8 @@ class RunConfig:
     """Where and how the sweep runs."""
     out: str = ""                    # results directory ("" -> runs/<config name>)
     member_chunk: int = 0            # members per compiled call (0 = all members of a group at once)
+    memory_fraction: float = 0.8     # share of device memory the member chunks may fill
+    memory_limit_gb: float = 0.0     # device memory to plan for (0: ask the device / host)
     max_padding_waste: float = 1.5   # split a group into size buckets so FLOPs run / FLOPs needed <= this (0 = off)
     fit_form: str = "power_law"      # form fitted to median final test loss vs width after the run
     bootstrap: int = 1000            # bootstrap resamples (over seeds) for the exponent's interval
@@ -118,12 +120,13 @@ MINIMUM: dict[str, tuple[float, bool]] = {
     "train.lbfgs_memory": (1, True), "train.steps": (1, True), "train.chunk_steps": (1, True),
     "train.divergence_loss": (0, False), "eval.points": (1, True), "run.member_chunk": (0, True),
     "run.bootstrap": (0, True), "run.max_padding_waste": (0, True), "run.checkpoint_steps": (0, True),
-    "run.checkpoint_minutes": (0, True), "run.keep_checkpoints": (1, True),
+    "run.checkpoint_minutes": (0, True), "run.keep_checkpoints": (1, True), "run.memory_fraction": (0, False),
+    "run.memory_limit_gb": (0, True),
 }
 MAXIMUM: dict[str, float] = {
     "train.final_lr_fraction": 1.0, "train.warmup_fraction": 1.0, "train.momentum": 1.0,
     "model.width": 2**20, "model.depth": 4096, "train.steps": 10**9, "task.batch_size": 10**8,
-    "task.grid_size": 10**8, "task.test_size": 10**7, "model.mlp_ratio": 64,
+    "task.grid_size": 10**8, "task.test_size": 10**7, "model.mlp_ratio": 64, "run.memory_fraction": 1.0,
 }
 
 # Keys a resumed run may change (with --allow-change): they do not change any member's numbers.

@@ -1,6 +1,7 @@
 """Config validation: every class of user mistake gives one line naming the key, and exit code 2."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -27,6 +28,27 @@ BAD = {
     "not toml": ("[model\nwidth = 4\n", "is not valid TOML"),
     "section not table": ("model = 3\n", "model = 3: must be a table"),
     "huge": ("[model]\nwidth = 100000000\n", "must be <= "),
+    "negative steps": ("[train]\nsteps = -5\n", "train.steps = -5: must be >= 1"),
+    "negative batch": ("[task]\nbatch_size = -1\n", "task.batch_size = -1: must be >= 1"),
+    "zero depth": ("[model]\ndepth = 0\n", "model.depth = 0: must be >= 1"),
+    "nan lr": ("[train]\nlr = nan\n", "must be finite"),
+    "inf loss cap": ("[train]\ndivergence_loss = inf\n", "must be finite"),
+    "list for scalar": ("[model]\nwidth = [4, 8]\n", "must be an integer"),
+    "table for scalar": ("[model]\nwidth = {a = 1}\n", "must be an integer"),
+    "deeply nested junk": ("[model]\nwidth = {a = {b = {c = {d = [[[1]]]}}}}\n", "must be an integer"),
+    "nested junk in sweep": ('[sweep]\n"model.width" = {a = {b = 1}}\n', "use range = [start, stop)"),
+    "axis not a list": ('[sweep]\n"model.width" = 8\n', "a list of values or a generator"),
+    "string axis values": ('[sweep]\n"model.width" = ["8"]\n', "must be an integer"),
+    "empty range": ("[sweep]\nseed = {range = [5, 5]}\n", "needs at least one value"),
+    "bad logspace": ('[sweep]\n"train.lr" = {logspace = [-1, 1, 3]}\n', "logspace"),
+    "bad activation in sweep": ('[sweep]\n"model.activation" = ["silu", "swish"]\n', "allowed: silu"),
+    "fraction above one": ("[train]\nwarmup_fraction = 1.5\n", "must be <= 1"),
+    "unknown optimizer": ('[train]\noptimizer = "adamax"\n', "allowed: adam, adamw, sgd, lbfgs"),
+    "padding waste below one": ("[run]\nmax_padding_waste = 0.5\n", "must be 0 (no bucketing) or >= 1"),
+    "sweep of lbfgs with fresh data": ('[sweep]\n"train.optimizer" = ["adam", "lbfgs"]\n', "needs a fixed full batch"),
+    "sweep section not table": ("sweep = [1, 2]\n", "sweep = [1, 2]: must be a table"),
+    "top-level scalar": ("width = 4\n", "unknown key 'width'"),
+    "too big for memory": ('[model]\nresidual = true\nwidth = 1048576\nmlp_ratio = 64\ndepth = 4096\n', "GiB, more than"),
 }
 
 
@@ -50,6 +72,31 @@ def test_bad_override_and_missing_file(tmp_path, capsys):
     assert "train.lr = -1.0: must be > 0" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.toml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_corpus_is_large():
+    assert len(BAD) >= 30
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere; the permission check cannot fire")
+    good = tmp_path / "good.toml"
+    good.write_text("[model]\nwidth = 4\n")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    assert main(["run", str(good), "--out", str(locked / "out")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_output_under_a_file(tmp_path, capsys):
+    """An --out whose parent is a file cannot be created: one line, exit 2."""
+    good = tmp_path / "good.toml"
+    good.write_text("[model]\nwidth = 4\n")
+    (tmp_path / "file").write_text("x")
+    assert main(["run", str(good), "--out", str(tmp_path / "file" / "out")]) == 2
+    assert "cannot write" in capsys.readouterr().err
 
 
 def test_non_utf8_and_output_is_a_file(tmp_path, capsys):

@@ -110,3 +110,18 @@ def test_lbfgs_full_batch_converges_far():
              train={"optimizer": "lbfgs", "steps": 200, "precision": "float64"})
     curve = ds.test_loss.values.ravel()
     assert curve[-1] < 1e-3 * curve[0]
+
+
+def test_memory_plan_splits_members_without_changing_results():
+    """A device limit that fits 2 members makes chunks of 2; results equal the one-chunk run."""
+    from conftest import small_config
+    from sweepjax.engine.memory import member_bytes, plan_member_chunk
+    sweep = {"seed": [0, 1, 2], "model.width": [16]}
+    cfg = small_config(sweep)
+    per_member = member_bytes(cfg, 16, 1)
+    limit_gb = 2.5 * per_member / cfg.run.memory_fraction / 2**30
+    assert plan_member_chunk(small_config(sweep, run={"memory_limit_gb": limit_gb}), 3, 16, 1) == 2
+    one = run(sweep)
+    split = run(sweep, run={"memory_limit_gb": limit_gb})
+    for k in CURVES:
+        np.testing.assert_array_equal(one[k].values, split[k].values)

@@ -10,9 +10,18 @@ import numpy as np
 import xarray as xr
 
 from sweepjax.config import Config
+from sweepjax.engine.memory import plan_member_chunk
 from sweepjax.engine.train import eval_steps, precision, run_group
 from sweepjax.tasks.regression import make_task
-from sweepjax.grid import build_grid
+from sweepjax.grid import Grid, build_grid
+
+
+def check_memory(cfg: Config) -> Grid:
+    """Build the grid and refuse (ConfigError) a sweep with a member too big for the device."""
+    grid = build_grid(cfg)
+    for g in grid.groups:
+        plan_member_chunk(g.config, g.size, int(g.values["model.width"].max()), int(g.values["model.depth"].max()))
+    return grid
 
 
 def run_sweep(cfg: Config, log=sys.stderr, store=None, should_stop=lambda: False) -> tuple[xr.Dataset, dict]:
@@ -24,7 +33,7 @@ def run_sweep(cfg: Config, log=sys.stderr, store=None, should_stop=lambda: False
     """
     from sweepjax import results  # results sits downstream of the engine; imported lazily
 
-    grid = build_grid(cfg)
+    grid = check_memory(cfg)
     if log:
         print(f"sweep {cfg.name!r}: {grid.n_members} members in {len(grid.groups)} group(s) "
               f"on {jax.default_backend()} ({jax.device_count()} device(s))", file=log)

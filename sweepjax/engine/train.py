@@ -19,6 +19,7 @@ import optax
 
 from sweepjax.config import Config
 from sweepjax.engine.checkpoint import Interrupted
+from sweepjax.engine.memory import plan_member_chunk
 from sweepjax.engine.optim import make_optimizer, needs_value_fn
 from sweepjax.grid import Group
 from sweepjax.models.mlp import MLP
@@ -190,17 +191,18 @@ def host_params(params: dict, n: int, prefix: str = "") -> dict[str, np.ndarray]
 
 def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str = "g0",
               should_stop=lambda: False) -> GroupOutput:
-    """Train every member of ``group``, in member chunks of ``run.member_chunk`` (0 = all at once).
+    """Train every member of ``group``, in member chunks of ``run.member_chunk`` (0 = as many as fit in memory).
 
     The last chunk is filled up with copies of its last member (results discarded), so every chunk
     has the same shape and the program compiles once. With a checkpoint ``store``, finished chunks
     are skipped on resume, the chunk in progress restarts from its latest checkpoint, and
     ``should_stop()`` turning true makes the run checkpoint and raise :class:`Interrupted`.
     """
+    width, depth = int(group.values["model.width"].max()), int(group.values["model.depth"].max())
+    n = group.size
+    size = plan_member_chunk(cfg, n, width, depth)
     with precision(cfg):
-        program = GroupProgram(cfg, int(group.values["model.width"].max()), int(group.values["model.depth"].max()))
-        n = group.size
-        size = min(cfg.run.member_chunk or n, n)
+        program = GroupProgram(cfg, width, depth)
         parts: list[dict] = []
         compile_s = run_s = 0.0
         for c0 in range(0, n, size):
