@@ -78,7 +78,8 @@ class EvalConfig:
 class RunConfig:
     """Where and how the sweep runs."""
     out: str = ""                    # results directory ("" -> runs/<config name>)
-    member_chunk: int = 0            # members per compiled call (0 = all members of a group at once)
+    member_chunk: int = 0            # members per compiled call and device (0 = as many as fit in memory)
+    shard_members: bool = True      # shard the member axis over all visible devices
     memory_fraction: float = 0.8     # share of device memory the member chunks may fill
     memory_limit_gb: float = 0.0     # device memory to plan for (0: ask the device / host)
     max_padding_waste: float = 1.5   # split a group into size buckets so FLOPs run / FLOPs needed <= this (0 = off)

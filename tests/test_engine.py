@@ -125,3 +125,31 @@ def test_memory_plan_splits_members_without_changing_results():
     split = run(sweep, run={"memory_limit_gb": limit_gb})
     for k in CURVES:
         np.testing.assert_array_equal(one[k].values, split[k].values)
+
+
+SHARDED_SCRIPT = """
+import sys, numpy as np, jax
+sys.path.insert(0, {tests!r})
+from conftest import run
+ds = run({{"seed": [0, 1, 2], "model.width": [4, 16], "train.lr": [1e-2, 1e6]}})
+assert jax.device_count() == 4, jax.device_count()
+np.save({out!r}, ds.test_loss.values)
+"""
+
+
+def test_sharding_over_four_devices_matches_one(tmp_path):
+    """The member axis sharded over 4 (forced host) devices gives the single-device results
+    (to float32 rounding: XLA may vectorize a 2-member shard differently from a 12-member batch),
+    divergence flags included."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "four.npy"
+    script = SHARDED_SCRIPT.format(tests=os.path.dirname(__file__), out=str(out))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    one = run({"seed": [0, 1, 2], "model.width": [4, 16], "train.lr": [1e-2, 1e6]}).test_loss.values
+    four = np.load(out)
+    np.testing.assert_array_equal(np.isnan(one), np.isnan(four))
+    np.testing.assert_allclose(four, one, rtol=1e-5)

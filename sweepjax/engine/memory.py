@@ -44,9 +44,10 @@ def device_limit_bytes(cfg: Config) -> int:
 
 
 def plan_member_chunk(cfg: Config, n_members: int, width: int, depth: int) -> int:
-    """Members per compiled call for a bucket of ``n_members`` padded to (width, depth).
+    """Members per compiled call and device for a bucket of ``n_members`` (per device) padded to (width, depth).
 
-    ``run.member_chunk`` > 0 is used as given (capped at ``n_members``); 0 means as many as fit.
+    ``run.member_chunk`` > 0 is used as given (capped at ``n_members``); 0 means as many as fit
+    in one device's memory.
     Raises :class:`ConfigError` when a single member does not fit.
     """
     need, limit = member_bytes(cfg, width, depth), device_limit_bytes(cfg)

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from sweepjax.config import Config
 from sweepjax.engine.checkpoint import Interrupted
@@ -67,10 +69,15 @@ class GroupProgram:
         slot = np.full(cfg.train.steps + 1, -1, np.int32)
         slot[self.steps] = np.arange(len(self.steps))
         self.slot = slot
-        self._chunk = jax.jit(self._run_chunk, donate_argnums=0)
+        # The member axis is sharded over all devices (a no-op on one device).
+        self.n_devices = jax.device_count() if cfg.run.shard_members else 1
+        mesh = Mesh(np.array(jax.devices()[: self.n_devices]), ("members",))
+        self.sharded, rep = NamedSharding(mesh, P("members")), NamedSharding(mesh, P())
+        self._chunk = jax.jit(self._run_chunk, donate_argnums=0, in_shardings=(self.sharded, self.sharded, rep, rep, rep),
+                              out_shardings=self.sharded)
         self._compiled = None
-        self._init = jax.jit(jax.vmap(self._init_member))
-        self._predict = jax.jit(jax.vmap(self._predict_member))
+        self._init = jax.jit(jax.vmap(self._init_member), in_shardings=self.sharded, out_shardings=self.sharded)
+        self._predict = jax.jit(jax.vmap(self._predict_member), in_shardings=self.sharded, out_shardings=self.sharded)
 
     # ---- one member -------------------------------------------------------------------------
     def _apply(self, params, x, m):
@@ -144,13 +151,13 @@ class GroupProgram:
     def members(self, group: Group, idx: np.ndarray) -> dict:
         """Device arrays of the per-member numbers for members ``idx`` of ``group``."""
         v = group.values
-        return {
+        return jax.device_put({
             "seed": jnp.asarray(v["train.seed"][idx], jnp.uint32),
             "data_seed": jnp.asarray(v["task.data_seed"][idx], jnp.uint32),
             "width": jnp.asarray(v["model.width"][idx], jnp.int32),
             "depth": jnp.asarray(v["model.depth"][idx], jnp.int32),
             "lr": jnp.asarray(v["train.lr"][idx], self.dtype),
-        }
+        }, self.sharded)
 
     def init(self, members: dict) -> dict:
         """The stacked initial state of the members."""
@@ -194,15 +201,17 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
     """Train every member of ``group``, in member chunks of ``run.member_chunk`` (0 = as many as fit in memory).
 
     The last chunk is filled up with copies of its last member (results discarded), so every chunk
-    has the same shape and the program compiles once. With a checkpoint ``store``, finished chunks
+    has the same shape (a multiple of the device count: members are sharded over devices) and the
+    program compiles once. With a checkpoint ``store``, finished chunks
     are skipped on resume, the chunk in progress restarts from its latest checkpoint, and
     ``should_stop()`` turning true makes the run checkpoint and raise :class:`Interrupted`.
     """
     width, depth = int(group.values["model.width"].max()), int(group.values["model.depth"].max())
     n = group.size
-    size = plan_member_chunk(cfg, n, width, depth)
     with precision(cfg):
         program = GroupProgram(cfg, width, depth)
+        nd = program.n_devices
+        size = nd * plan_member_chunk(cfg, -(-n // nd), width, depth)  # a multiple of the device count
         parts: list[dict] = []
         compile_s = run_s = 0.0
         for c0 in range(0, n, size):
