@@ -169,6 +169,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Throughput of the engine against one-at-a-time JAX and PyTorch loops."""
+    from sweepjax.bench import WORKLOADS, benchmark
+    from sweepjax.config import parse_override
+    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    for name in names:
+        print(benchmark(name, args.small, overrides=[parse_override(o) for o in args.set]).text)
+        print()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``sweepjax`` command."""
     p = argparse.ArgumentParser(prog="sweepjax", description="Vectorized JAX sweeps and scaling-law fits.")
@@ -185,6 +196,11 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="remake the fit and figures of a results directory")
     pl.add_argument("dir")
     pl.set_defaults(func=cmd_plot)
+    b = sub.add_parser("bench", help="throughput: engine vs one-at-a-time JAX vs PyTorch eager")
+    b.add_argument("--workload", choices=["lottery", "residual-depth", "all"], default="lottery")
+    b.add_argument("--small", action="store_true", help="CPU-sized version of the workload")
+    b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    b.set_defaults(func=cmd_bench)
     i = sub.add_parser("info", help="devices and versions")
     i.set_defaults(func=cmd_info)
     try:  # TEMPORARY until the fit CLI lands

@@ -1,0 +1,224 @@
+"""Throughput benchmark: the engine against the loops a researcher would otherwise write.
+
+One workload, three ways, in one process:
+  (a) the engine: all members as vmapped, bucketed, jitted programs;
+  (b) the same members one at a time, each a jitted JAX loop at its true size (the engine's own
+      program with a single member, so the losses must match (a) to float rounding);
+  (c) the same members one at a time in PyTorch eager mode (skipped when torch is absent).
+(b) and (c) time one member of each distinct shape (a member's cost depends only on its shape) and
+weight each shape by how many members have it, so their rates stand for the whole sweep.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sweepjax.config import Config, build_config
+from sweepjax.engine.train import run_group
+from sweepjax.grid import build_grid
+from sweepjax.models.mlp import count_params
+
+WORKLOADS = {
+    # name: (config dict, CPU-sized overrides)
+    "lottery": (
+        {"model": {"activation": "silu"}, "task": {"batch_size": 1024},
+         "train": {"optimizer": "adam", "lr": 1e-2, "steps": 10_000, "chunk_steps": 2_500},
+         "eval": {"points": 10},
+         "sweep": {"seed": {"range": [0, 100]}, "model.width": {"powers_of_two": [2, 1024]}}},
+        {"train.steps": 300, "train.chunk_steps": 300, "task.batch_size": 256,
+         "sweep.seed": {"range": [0, 8]}, "sweep.model.width": {"powers_of_two": [2, 256]}},
+    ),
+    "residual-depth": (
+        {"model": {"activation": "relu", "residual": True, "norm": "rmsnorm", "mlp_ratio": 4},
+         "task": {"batch_size": 1024}, "train": {"optimizer": "adam", "lr": 1e-3, "steps": 2_000, "chunk_steps": 1_000},
+         "eval": {"points": 10},
+         "sweep": {"seed": [0, 1, 2], "model.depth": [2, 4, 8, 16, 32, 64], "model.width": [32, 64, 128, 256]}},
+        {"train.steps": 100, "train.chunk_steps": 100, "task.batch_size": 128,
+         "sweep.seed": [0, 1], "sweep.model.depth": [2, 4, 8], "sweep.model.width": [16, 32, 64]},
+    ),
+}
+
+
+def workload_config(name: str, small: bool, overrides: list[tuple[str, object]] = ()) -> Config:
+    """The benchmark config of workload ``name``; ``small`` applies its CPU-sized overrides."""
+    raw, cpu = WORKLOADS[name]
+    return build_config(raw, list(cpu.items() if small else []) + list(overrides), name=name)
+
+
+def train_flops(cfg: Config, width: int, depth: int) -> float:
+    """Training FLOPs of one member-step: 6 x parameters x batch (forward 2, backward 4 per weight)."""
+    batch = cfg.task.grid_size if cfg.task.train_data == "grid" else cfg.task.batch_size
+    return 6.0 * count_params(cfg.model, width, depth, 1, 1) * batch
+
+
+def matmul_ceiling(dtype=jnp.float32) -> float:
+    """Measured FLOP/s of a large square matmul on the default device (the roofline's compute peak)."""
+    n = 8192 if jax.default_backend() == "gpu" else 1024
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t0, reps = time.perf_counter(), 10
+    for _ in range(reps):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+    """Peak device memory (GPU) or peak host resident set (CPU), with which one it is."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host max RSS"
+
+
+@dataclass
+class Way:
+    name: str
+    member_steps_per_s: float
+    compile_s: float
+    members_timed: int
+    final_losses: dict[int, float]  # flat member index -> final test loss
+
+
+def run_engine(cfg: Config) -> tuple[Way, float]:
+    """(a): every bucket as one program; returns the result and the padding waste."""
+    grid = build_grid(cfg)
+    losses, run_s, compile_s, executed, needed = {}, 0.0, 0.0, 0.0, 0.0
+    for g in grid.groups:
+        out = run_group(g.config, g, log=None)
+        run_s += out.run_s
+        compile_s += out.compile_s
+        for i, loss in zip(g.index, out.test_loss[:, -1]):
+            losses[int(i)] = float(loss)
+        w, d = g.values["model.width"], g.values["model.depth"]
+        needed += sum(train_flops(cfg, a, b) for a, b in zip(w, d))
+        executed += g.size * train_flops(cfg, w.max(), d.max())
+    steps = grid.n_members * (cfg.train.steps + 1)
+    return Way("engine (vmapped, bucketed)", steps / run_s, compile_s, grid.n_members, losses), executed / needed
+
+
+def run_one_at_a_time(cfg: Config, rows: list[tuple]) -> Way:
+    """(b): each member alone, a jitted loop at its true size. ``rows``: (group, row, weight)."""
+    losses, run_s, compile_s = {}, 0.0, 0.0
+    for g, r, weight in rows:
+        out = run_group(g.config, g.subset(np.array([r])), log=None)
+        run_s += weight * out.run_s
+        compile_s += out.compile_s
+        losses[int(g.index[r])] = float(out.test_loss[0, -1])
+    n = sum(w for _, _, w in rows)
+    return Way("one member at a time, jitted JAX", n * (cfg.train.steps + 1) / run_s, compile_s, len(rows), losses)
+
+
+def run_torch(cfg: Config, rows: list[tuple]) -> Way | None:
+    """(c): each member alone in PyTorch eager mode (the loop written by hand), or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    acts = {"silu": torch.nn.SiLU, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU}
+    m, t = cfg.model, cfg.task
+
+    class Block(torch.nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            self.norm = torch.nn.RMSNorm(w, elementwise_affine=False) if m.norm == "rmsnorm" else torch.nn.Identity()
+            self.up, self.act = torch.nn.Linear(w, m.mlp_ratio * w), acts[m.activation]()
+            self.down = torch.nn.Linear(m.mlp_ratio * w, w, bias=False)
+
+        def forward(self, h):
+            return h + self.down(self.act(self.up(self.norm(h))))
+
+    def build(w, d):
+        if m.residual:
+            return torch.nn.Sequential(torch.nn.Linear(1, w), *[Block(w) for _ in range(d)], torch.nn.Linear(w, 1))
+        layers = [torch.nn.Linear(1, w), acts[m.activation]()]
+        for _ in range(d - 1):
+            layers += [torch.nn.Linear(w, w), acts[m.activation]()]
+        return torch.nn.Sequential(*layers, torch.nn.Linear(w, 1))
+
+    xt = torch.linspace(t.low, t.high, t.test_size)[:, None]
+    losses, run_s = {}, 0.0
+    for g, r, weight in rows:
+        torch.manual_seed(int(g.values["train.seed"][r]))
+        net = build(int(g.values["model.width"][r]), int(g.values["model.depth"][r]))
+        opt = torch.optim.Adam(net.parameters(), lr=float(g.values["train.lr"][r]))
+        t0 = time.perf_counter()
+        for _ in range(cfg.train.steps + 1):
+            x = torch.rand(t.batch_size, 1) * (t.high - t.low) + t.low
+            loss = torch.mean((net(x) - x**2) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        run_s += weight * (time.perf_counter() - t0)
+        with torch.no_grad():
+            losses[int(g.index[r])] = float(torch.mean((net(xt) - xt**2) ** 2))
+    n = sum(w for _, _, w in rows)
+    return Way("one member at a time, PyTorch eager", n * (cfg.train.steps + 1) / run_s, 0.0, len(rows), losses)
+
+
+def shape_representatives(grid) -> list[tuple]:
+    """One (group, row, weight) per distinct (group, width, depth): weight = members of that shape."""
+    reps = {}
+    for gi, g in enumerate(grid.groups):
+        for r, (w, d) in enumerate(zip(g.values["model.width"], g.values["model.depth"])):
+            key = (gi, int(w), int(d))
+            reps[key] = (g, reps[key][1], reps[key][2] + 1) if key in reps else (g, r, 1)
+    return list(reps.values())
+
+
+@dataclass
+class Report:
+    text: str                  # markdown table and checks
+    ways: list                 # the Way of (a), (b), (c) (None when torch is absent)
+    padding_waste: float
+    loss_rel_diff: float       # max |loss_b / loss_a - 1| over the members timed in (b)
+
+
+def benchmark(name: str, small: bool, overrides=()) -> Report:
+    """Run workload ``name`` three ways; returns the report (markdown table and checks)."""
+    cfg = workload_config(name, small, overrides)
+    grid = build_grid(cfg)
+    all_rows = [(g, r) for g in grid.groups for r in range(g.size)]
+    rows = shape_representatives(grid)
+    engine, waste = run_engine(cfg)
+    ways = [engine, run_one_at_a_time(cfg, rows), run_torch(cfg, rows)]
+    peak, peak_kind = peak_memory_bytes()
+    ceiling = matmul_ceiling()
+    flops_needed = np.mean([train_flops(cfg, g.values["model.width"][r], g.values["model.depth"][r])
+                            for g, r in all_rows])
+    lines = [f"### {name} ({'CPU-sized' if small else 'full size'}): {grid.n_members} members, "
+             f"{cfg.train.steps} steps, batch {cfg.task.batch_size}, {len(grid.groups)} bucket(s)",
+             f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}", "",
+             "| way | members timed | model-steps/s | samples/s | compile s (total) | engine speedup |",
+             "|---|---|---|---|---|---|"]
+    for w in ways:
+        if w is None:
+            lines.append("| one member at a time, PyTorch eager | - | skipped: torch not installed | | | |")
+            continue
+        lines.append(f"| {w.name} | {w.members_timed} | {w.member_steps_per_s:,.0f} | "
+                     f"{w.member_steps_per_s * cfg.task.batch_size:,.0f} | {w.compile_s:.1f} | "
+                     f"{engine.member_steps_per_s / w.member_steps_per_s:,.1f}x |")
+    lines.append(f"\n(one-at-a-time rows time one member per distinct shape, weighted by the members of that "
+                 f"shape; model-steps count every member-step of the sweep, the final evaluation step included)")
+    achieved = engine.member_steps_per_s * flops_needed
+    diffs = [abs(ways[1].final_losses[i] / engine.final_losses[i] - 1) for i in ways[1].final_losses]
+    lines += ["",
+              f"- achieved model FLOP/s (true sizes, 6 x params x batch): {achieved:.3g}; measured f32 matmul "
+              f"ceiling {ceiling:.3g} FLOP/s -> {achieved / ceiling:.1%} of it",
+              f"- padding waste (FLOPs executed / FLOPs needed): {waste:.2f}x",
+              f"- {peak_kind} memory: {peak / 2**20:,.0f} MiB",
+              f"- same losses: max relative difference of final test loss, engine vs one-at-a-time JAX, "
+              f"over the {len(diffs)} timed members: {max(diffs):.2e}"]
+    if ways[2] is not None:
+        e = np.median([engine.final_losses[i] for i in ways[2].final_losses])
+        tq = np.median(list(ways[2].final_losses.values()))
+        lines.append(f"- PyTorch (own init and data stream) median final loss {tq:.3g} vs engine {e:.3g} "
+                     f"on the same members")
+    return Report("\n".join(lines), ways, waste, max(diffs))
