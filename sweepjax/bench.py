@@ -71,7 +71,7 @@ def matmul_ceiling(dtype=jnp.float32) -> float:
 
 def peak_memory_bytes() -> tuple[int, str]:
     """Peak device memory (GPU) or peak host resident set (CPU), with which one it is."""
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"]), "device peak"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host max RSS"

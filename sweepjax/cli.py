@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -30,7 +31,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
                           f"'sweepjax run --resume {out}' or pass --overwrite")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -63,6 +64,9 @@ def _resume_config(args: argparse.Namespace, on_cpu: bool):
 def cmd_run(args: argparse.Namespace) -> int:
     """Run (or resume) a sweep, save results, fit the width exponent, make figures."""
     import jax
+    if args.distributed:
+        start_distributed(args)
+    main_process = jax.process_index() == 0
 
     from sweepjax import results
     from sweepjax.config import load_config
@@ -82,7 +86,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if on_cpu and "on_cpu" in Path(args.config).read_text(encoding="utf-8"):
             print("no accelerator found: using the config's [on_cpu] sizes (the full sweep needs a GPU)",
                   file=sys.stderr)
-        results.save_config(cfg, out)
+        if jax.process_count() > 1:  # every process checked the directory before any writes to it
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("sweepjax: output checked")
+        if main_process:
+            results.save_config(cfg, out)
     store = Store(out, keep=cfg.run.keep_checkpoints, every_steps=cfg.run.checkpoint_steps,
                   every_minutes=cfg.run.checkpoint_minutes)
     stop = _StopFlag()
@@ -94,6 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         stop.restore()
         store.close()
+    if not main_process:  # multi-host: process 0 writes and analyses
+        return 0
     manifest["command"] = " ".join(["sweepjax"] + sys.argv[1:])
     results.save(ds, cfg, out, manifest)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
@@ -103,6 +113,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"warning: {n_div} member(s) diverged and were frozen (see the 'diverged' variable)")
     analyse(out, ds, cfg.run)
     return 0
+
+
+def start_distributed(args: argparse.Namespace) -> None:
+    """Join a multi-process run (``jax.distributed.initialize``); the member axis then spans every
+    process's devices. Without --coordinator etc. JAX detects the cluster (SLURM, TPU pods, ...)."""
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes need collectives
+    jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                               process_id=args.process_id)
 
 
 class _StopFlag:
@@ -192,6 +211,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="DIR", help="continue the stopped sweep in DIR from its last checkpoint")
     r.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                    help="on --resume, accept a change of this result-neutral key (e.g. run.bootstrap)")
+    r.add_argument("--distributed", action="store_true", help="multi-host: call jax.distributed.initialize first")
+    r.add_argument("--coordinator", help="with --distributed: coordinator address host:port (else auto-detected)")
+    r.add_argument("--num-processes", type=int, help="with --distributed: number of processes")
+    r.add_argument("--process-id", type=int, help="with --distributed: this process's index")
     r.set_defaults(func=cmd_run)
     pl = sub.add_parser("plot", help="remake the fit and figures of a results directory")
     pl.add_argument("dir")

@@ -48,7 +48,9 @@ class Store:
             return {k: z[k] for k in z.files}
 
     def save_unit(self, unit: str, host: dict[str, np.ndarray]) -> None:
-        """Write a finished unit's host results atomically."""
+        """Write a finished unit's host results atomically (process 0 only, when multi-host)."""
+        if jax.process_index() != 0:
+            return
         fd, tmp = tempfile.mkstemp(dir=self.parts, prefix=f".{unit}.", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:

@@ -38,7 +38,7 @@ def device_limit_bytes(cfg: Config) -> int:
     if cfg.run.memory_limit_gb:
         total = cfg.run.memory_limit_gb * 2**30
     else:
-        stats = jax.devices()[0].memory_stats() or {}
+        stats = jax.local_devices()[0].memory_stats() or {}
         total = stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return int(total * cfg.run.memory_fraction)
 

@@ -34,6 +34,7 @@ def run_sweep(cfg: Config, log=sys.stderr, store=None, should_stop=lambda: False
     from sweepjax import results  # results sits downstream of the engine; imported lazily
 
     grid = check_memory(cfg)
+    log = log if jax.process_index() == 0 else None
     if log:
         print(f"sweep {cfg.name!r}: {grid.n_members} members in {len(grid.groups)} group(s) "
               f"on {jax.default_backend()} ({jax.device_count()} device(s))", file=log)

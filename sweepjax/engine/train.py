@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -152,11 +153,11 @@ class GroupProgram:
         """Device arrays of the per-member numbers for members ``idx`` of ``group``."""
         v = group.values
         return jax.device_put({
-            "seed": jnp.asarray(v["train.seed"][idx], jnp.uint32),
-            "data_seed": jnp.asarray(v["task.data_seed"][idx], jnp.uint32),
-            "width": jnp.asarray(v["model.width"][idx], jnp.int32),
-            "depth": jnp.asarray(v["model.depth"][idx], jnp.int32),
-            "lr": jnp.asarray(v["train.lr"][idx], self.dtype),
+            "seed": np.asarray(v["train.seed"][idx], np.uint32),
+            "data_seed": np.asarray(v["task.data_seed"][idx], np.uint32),
+            "width": np.asarray(v["model.width"][idx], np.int32),
+            "depth": np.asarray(v["model.depth"][idx], np.int32),
+            "lr": np.asarray(v["train.lr"][idx], np.dtype(self.dtype)),
         }, self.sharded)
 
     def init(self, members: dict) -> dict:
@@ -187,13 +188,20 @@ class GroupProgram:
 
     def predict(self, params: dict, members: dict) -> np.ndarray:
         """Final predictions on the test grid, (n, test_size)."""
-        return np.asarray(self._predict(params, members))
+        return to_host(self._predict(params, members))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A device array as numpy, gathered from every process when it is sharded across hosts."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def host_params(params: dict, n: int, prefix: str = "") -> dict[str, np.ndarray]:
     """Leaf name -> host array of the first ``n`` members (names like ``w_in``, ``b_in``)."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {prefix + jax.tree_util.keystr(p, simple=True, separator="."): np.asarray(v)[:n] for p, v in flat}
+    return {prefix + jax.tree_util.keystr(p, simple=True, separator="."): to_host(v)[:n] for p, v in flat}
 
 
 def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str = "g0",
@@ -249,7 +257,7 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
             state, c_s, r_s = program.train(state, members, start, after_chunk)
             compile_s = compile_s or c_s
             run_s += r_s
-            host.update({k: np.asarray(state[k])[: len(idx)]
+            host.update({k: to_host(state[k])[: len(idx)]
                          for k in ("train_loss", "test_loss", "diverged", "diverged_step")})
             if cfg.eval.save_predictions:
                 host["predictions"] = program.predict(state["params"], members)[: len(idx)]
