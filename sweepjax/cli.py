@@ -226,12 +226,9 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
     i = sub.add_parser("info", help="devices and versions")
     i.set_defaults(func=cmd_info)
-    try:  # TEMPORARY until the fit CLI lands
-        from sweepjax.fit.cli import add_fit_parser, run_fit
-        add_fit_parser(sub)
-        sub.choices["fit"].set_defaults(func=run_fit)
-    except ImportError:
-        pass
+    from sweepjax.fit.cli import add_fit_parser, run_fit
+    add_fit_parser(sub)
+    sub.choices["fit"].set_defaults(func=run_fit)
     return p
 
 

@@ -19,6 +19,12 @@ def _name(sel: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sel.items()) or "all"
 
 
+def _width_ticks(ax, widths) -> None:
+    """Plain-number ticks at the swept widths on a log axis."""
+    ax.set_xticks(widths, [f"{int(w)}" for w in widths])
+    ax.minorticks_off()
+
+
 def plot_scaling(ds: xr.Dataset, rows: list[dict], path: Path) -> Path:
     """Median final test loss vs width (IQR band over seeds), fitted power law, N^-1 and N^-4 guides."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -41,6 +47,7 @@ def plot_scaling(ds: xr.Dataset, rows: list[dict], path: Path) -> Path:
         for p, style in ((1, ":"), (4, "--")):
             ax.plot(xs, y0 * (xs / x0) ** -p, "k" + style, lw=1, label=f"N^-{p} guide")
     ax.set(xscale="log", yscale="log", xlabel="width N", ylabel="final test MSE", title="Loss vs width")
+    _width_ticks(ax, ds["width"].values)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -80,6 +87,7 @@ def plot_ensemble(ds: xr.Dataset, path: Path, draws: int = 100) -> Path:
                 label=f"{_name(sel)}: one net of width K*{base}")
     ax.set(xscale="log", yscale="log", xlabel="total hidden units K*N", ylabel="test MSE",
            title="Ensemble of K small nets vs one wide net")
+    _width_ticks(ax, kn)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -101,7 +109,7 @@ def plot_mirror(ds: xr.Dataset, path: Path, tol: float = 0.05, **sel) -> Path:
         frac = np.mean(d < tol)
         sc = ax.scatter(w, b, c=np.log10(np.maximum(d, 1e-6)), s=4, cmap="viridis_r")
         ax.set(xlabel="input weight w", ylabel="bias b",
-               title=f"{title}: {frac:.0%} of {width} neurons have a mirror (-w, b) within {tol:g}")
+               title=f"{title}: {frac:.0%} of {width} neurons\nhave a mirror (-w, b) within {tol:g}")
         fig.colorbar(sc, ax=ax, label="log10 mirror distance")
     fig.suptitle(f"Mirror pairs, width {width}, {_name(sel)}")
     fig.tight_layout()
