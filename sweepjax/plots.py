@@ -19,6 +19,14 @@ def _name(sel: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sel.items()) or "all"
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _width_ticks(ax, widths) -> None:
     """Plain-number ticks at the swept widths on a log axis."""
     ax.set_xticks(widths, [f"{int(w)}" for w in widths])
@@ -49,10 +57,7 @@ def plot_scaling(ds: xr.Dataset, rows: list[dict], path: Path) -> Path:
     ax.set(xscale="log", yscale="log", xlabel="width N", ylabel="final test MSE", title="Loss vs width")
     _width_ticks(ax, ds["width"].values)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_histogram(ds: xr.Dataset, path: Path, width: int = 2) -> Path:
@@ -64,10 +69,7 @@ def plot_histogram(ds: xr.Dataset, path: Path, width: int = 2) -> Path:
         ax.hist(loss, bins=60, alpha=0.6, color=f"C{i}", label=f"{_name(sel)} ({len(loss)} seeds)")
     ax.set(xlabel="log10 final test MSE", ylabel="seeds", title=f"Final loss over seeds, width {width}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_ensemble(ds: xr.Dataset, path: Path, draws: int = 100) -> Path:
@@ -89,10 +91,7 @@ def plot_ensemble(ds: xr.Dataset, path: Path, draws: int = 100) -> Path:
            title="Ensemble of K small nets vs one wide net")
     _width_ticks(ax, kn)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_mirror(ds: xr.Dataset, path: Path, tol: float = 0.05, **sel) -> Path:
@@ -112,10 +111,7 @@ def plot_mirror(ds: xr.Dataset, path: Path, tol: float = 0.05, **sel) -> Path:
                title=f"{title}: {frac:.0%} of {width} neurons\nhave a mirror (-w, b) within {tol:g}")
         fig.colorbar(sc, ax=ax, label="log10 mirror distance")
     fig.suptitle(f"Mirror pairs, width {width}, {_name(sel)}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def make_figures(ds: xr.Dataset, rows: list[dict], outdir: str | Path) -> list[Path]:
