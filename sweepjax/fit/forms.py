@@ -13,6 +13,7 @@ Adding a form: build a `Form` (or call `additive_form`) and pass it to `register
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .inputs import FitInputError
 
 Array = jax.Array
 
@@ -105,6 +108,15 @@ def grid_product(**axes: np.ndarray | list[float]) -> dict[str, np.ndarray]:
     return {k: rows[:, i] for i, k in enumerate(names)}
 
 
+def logsumexp(z: Array) -> Array:
+    """``log(sum(exp(z), axis=-1))`` over a short last axis, written out term by term
+    (several times faster on CPU than a reduction over a length-K axis)."""
+    cols = [z[..., i] for i in range(z.shape[-1])]
+    top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, cols))
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    return top + jnp.log(sum(jnp.exp(c - top) for c in cols))
+
+
 def additive_form(name: str, variables: tuple[str, ...], coefs: tuple[Param, ...],
                   shape: tuple[Param, ...], log_basis: Callable[[Array, Array], Array],
                   start_grid: StartGrid, exponents: tuple[str, ...], formula: str) -> Form:
@@ -116,7 +128,7 @@ def additive_form(name: str, variables: tuple[str, ...], coefs: tuple[Param, ...
     k = len(coefs)
 
     def log_predict(theta: Array, log_x: Array) -> Array:
-        return jax.nn.logsumexp(theta[:k] + log_basis(theta[k:], log_x), axis=-1)
+        return logsumexp(theta[:k] + log_basis(theta[k:], log_x))
 
     return Form(name=name, params=coefs + shape, variables=variables, log_predict=log_predict,
                 start_grid=start_grid, exponents=exponents, n_linear=k, log_basis=log_basis,
@@ -141,7 +153,6 @@ def get_form(form: str | Form) -> Form:
     try:
         return FORMS[form]
     except KeyError:
-        from .inputs import FitInputError
         raise FitInputError(f"unknown form {form!r}; known forms: {', '.join(FORMS)}") from None
 
 
@@ -212,22 +223,22 @@ def _kaplan_grid(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- the forms
 
-A, E = Param("a", "A", log=True), Param("e", "E", log=True)
+COEF_A, OFFSET_E = Param("a", "A", log=True), Param("e", "E", log=True)
 
 POWER_LAW = register_form(additive_form(
-    "power_law", ("x",), (A,), (Param("alpha", "alpha"),),
+    "power_law", ("x",), (COEF_A,), (Param("alpha", "alpha"),),
     lambda s, lx: -s[0] * lx,
     _single_var_grid("alpha", [0.0, 0.25, 0.5, 1.0, 1.5, 2.0], offset=False),
     ("alpha",), "L = A x^-alpha"))
 
 POWER_LAW_OFFSET = register_form(additive_form(
-    "power_law_offset", ("x",), (A, E), (Param("alpha", "alpha"),),
+    "power_law_offset", ("x",), (COEF_A, OFFSET_E), (Param("alpha", "alpha"),),
     lambda s, lx: jnp.concatenate([-s[0] * lx, jnp.zeros_like(lx)], axis=-1),
     _single_var_grid("alpha", [0.0, 0.25, 0.5, 1.0, 1.5, 2.0], offset=True),
     ("alpha",), "L = E + A x^-alpha"))
 
 EXPONENTIAL = register_form(additive_form(
-    "exponential", ("x",), (A, E), (Param("log_k", "k", log=True),),
+    "exponential", ("x",), (COEF_A, OFFSET_E), (Param("log_k", "k", log=True),),
     lambda s, lx: jnp.concatenate([-jnp.exp(s[0] + lx), jnp.zeros_like(lx)], axis=-1),
     _exponential_grid, ("k",), "L = E + A exp(-k x)"))
 
@@ -244,7 +255,7 @@ def broken_power_law(smoothness: float = 0.5, name: str = "broken_power_law") ->
         return jnp.concatenate([term, jnp.zeros_like(lx)], axis=-1)
 
     return additive_form(
-        name, ("x",), (A, E),
+        name, ("x",), (COEF_A, OFFSET_E),
         (Param("alpha1", "alpha1"), Param("alpha2", "alpha2"), Param("log_x_b", "x_b", log=True)),
         log_basis, _broken_grid, ("alpha1", "alpha2"),
         f"L = E + A x^-alpha1 (1 + (x/x_b)^(1/s))^(-(alpha2-alpha1) s), s={smoothness:g}")
@@ -253,7 +264,7 @@ def broken_power_law(smoothness: float = 0.5, name: str = "broken_power_law") ->
 BROKEN_POWER_LAW = register_form(broken_power_law())
 
 JOINT_ND = register_form(additive_form(
-    "joint_nd", ("N", "D"), (A, Param("b", "B", log=True), E),
+    "joint_nd", ("N", "D"), (COEF_A, Param("b", "B", log=True), OFFSET_E),
     (Param("alpha", "alpha"), Param("beta", "beta")),
     lambda s, lx: jnp.stack([-s[0] * lx[:, 0], -s[1] * lx[:, 1], jnp.zeros_like(lx[:, 0])], -1),
     _joint_nd_grid, ("alpha", "beta"), "L = E + A N^-alpha + B D^-beta"))
@@ -261,7 +272,7 @@ JOINT_ND = register_form(additive_form(
 WIDTH_DEPTH_DATA = register_form(additive_form(
     "width_depth_data", ("m", "l", "D"),
     (Param("c_m", "c_m", log=True), Param("c_l", "c_l", log=True),
-     Param("c_D", "c_D", log=True), E),
+     Param("c_D", "c_D", log=True), OFFSET_E),
     (Param("a_m", "a_m"), Param("a_l", "a_l"), Param("a_D", "a_D")),
     lambda s, lx: jnp.concatenate([-s[None, :] * lx, jnp.zeros_like(lx[:, :1])], axis=-1),
     _width_depth_data_grid, ("a_m", "a_l", "a_D"),
@@ -271,7 +282,7 @@ WIDTH_DEPTH_DATA = register_form(additive_form(
 def _kaplan_log_predict(theta: Array, lx: Array) -> Array:
     log_nc, alpha_n, log_dc, alpha_d = theta[0], theta[1], theta[2], theta[3]
     terms = jnp.stack([(alpha_n / alpha_d) * (log_nc - lx[:, 0]), log_dc - lx[:, 1]], -1)
-    return alpha_d * jax.nn.logsumexp(terms, axis=-1)
+    return alpha_d * logsumexp(terms)
 
 
 KAPLAN = register_form(Form(

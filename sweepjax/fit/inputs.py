@@ -6,9 +6,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .forms import Form
+if TYPE_CHECKING:
+    from .forms import Form
 
 
 class FitInputError(ValueError):
