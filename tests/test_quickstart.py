@@ -27,12 +27,14 @@ def test_quickstart_end_to_end(tmp_path):
     for act in ("silu", "relu"):
         lo, hi = rows[act]["alpha_ci"]
         assert np.isfinite([rows[act]["alpha"], lo, hi]).all() and lo < hi
-    # What 16 seeds x widths 2..64 x 4000 Adam steps can show on CPU: ReLU's loss falls faster
-    # with width than SiLU's. ReLU nets approximate x^2 piecewise linearly, error ~ N^-4 once the
-    # kinks are placed; SiLU nets start better at width 2 but improve more slowly (~N^-1 to N^-1.5
-    # here). The asymptotic regimes of the study need the GPU-sized sweep.
+    # What 16 seeds x widths 2..64 x 4000 full-batch Adam steps can show on CPU: ReLU's loss falls
+    # faster with width than SiLU's over the small widths (4..16; width 2 is left out because
+    # 2-neuron ReLU nets fail, loss ~0.9, which would exaggerate ReLU's slope). ReLU nets
+    # approximate x^2 piecewise linearly and keep placing kinks better (~N^-2.6 here, tending
+    # to N^-4); SiLU nets start better but improve more slowly (~N^-1 to N^-1.7 here). The
+    # asymptotic regimes of the study need the GPU-sized sweep.
     med = ds["final_test_loss"].median("seed")
-    small = [2, 4, 8]
+    small = [4, 8, 16]
     slope = {a: np.polyfit(np.log(small), np.log(med.sel(activation=a, width=small)), 1)[0] for a in rows}
     assert slope["relu"] < slope["silu"] < 0, slope
     assert rows["relu"]["alpha"] > rows["silu"]["alpha"] > 0
