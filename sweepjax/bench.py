@@ -121,7 +121,6 @@ def run_torch(cfg: Config, rows: list[tuple]) -> Way | None:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     acts = {"silu": torch.nn.SiLU, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU}
     m, t = cfg.model, cfg.task
 
