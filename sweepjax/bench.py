@@ -21,7 +21,7 @@ import numpy as np
 from sweepjax.config import Config, build_config
 from sweepjax.engine.train import run_group
 from sweepjax.grid import build_grid
-from sweepjax.models.mlp import count_params
+from sweepjax.models import count, padded_sizes, tokens_per_step
 
 WORKLOADS = {
     # name: (config dict, CPU-sized overrides)
@@ -50,10 +50,15 @@ def workload_config(name: str, small: bool, overrides: list[tuple[str, object]] 
     return build_config(raw, list(cpu.items() if small else []) + list(overrides), name=name)
 
 
-def train_flops(cfg: Config, width: int, depth: int) -> float:
-    """Training FLOPs of one member-step: 6 x parameters x batch (forward 2, backward 4 per weight)."""
-    batch = cfg.task.grid_size if cfg.task.train_data == "grid" else cfg.task.batch_size
-    return 6.0 * count_params(cfg.model, width, depth, 1, 1) * batch
+def train_flops(cfg: Config, sizes: dict[str, int]) -> float:
+    """Model FLOPs of one training step of a member of ``sizes``: 3 x its exact forward matmul FLOPs x batch tokens."""
+    return 3.0 * count(cfg, sizes)["forward_flops_per_token"] * tokens_per_step(cfg)
+
+
+def member_rows(g) -> list[dict[str, int]]:
+    """Each member's true sizes in group ``g``, as dicts."""
+    sizes = g.sizes()
+    return [dict(zip(sizes, shape)) for shape in g.shapes()]
 
 
 def matmul_ceiling(dtype=jnp.float32) -> float:
@@ -96,9 +101,8 @@ def run_engine(cfg: Config) -> tuple[Way, float]:
         compile_s += out.compile_s
         for i, loss in zip(g.index, out.test_loss[:, -1]):
             losses[int(i)] = float(loss)
-        w, d = g.values["model.width"], g.values["model.depth"]
-        needed += sum(train_flops(cfg, a, b) for a, b in zip(w, d))
-        executed += g.size * train_flops(cfg, w.max(), d.max())
+        needed += sum(train_flops(g.config, s) for s in member_rows(g))
+        executed += g.size * train_flops(g.config, padded_sizes(g.sizes()))
     steps = grid.n_members * (cfg.train.steps + 1)
     return Way("engine (vmapped, bucketed)", steps / run_s, compile_s, grid.n_members, losses), executed / needed
 
@@ -163,11 +167,11 @@ def run_torch(cfg: Config, rows: list[tuple]) -> Way | None:
 
 
 def shape_representatives(grid) -> list[tuple]:
-    """One (group, row, weight) per distinct (group, width, depth): weight = members of that shape."""
+    """One (group, row, weight) per distinct (group, true sizes): weight = members of that shape."""
     reps = {}
     for gi, g in enumerate(grid.groups):
-        for r, (w, d) in enumerate(zip(g.values["model.width"], g.values["model.depth"])):
-            key = (gi, int(w), int(d))
+        for r, shape in enumerate(g.shapes()):
+            key = (gi, shape)
             reps[key] = (g, reps[key][1], reps[key][2] + 1) if key in reps else (g, r, 1)
     return list(reps.values())
 
@@ -184,14 +188,12 @@ def benchmark(name: str, small: bool, overrides=()) -> Report:
     """Run workload ``name`` three ways; returns the report (markdown table and checks)."""
     cfg = workload_config(name, small, overrides)
     grid = build_grid(cfg)
-    all_rows = [(g, r) for g in grid.groups for r in range(g.size)]
     rows = shape_representatives(grid)
     engine, waste = run_engine(cfg)
     ways = [engine, run_one_at_a_time(cfg, rows), run_torch(cfg, rows)]
     peak, peak_kind = peak_memory_bytes()
     ceiling = matmul_ceiling()
-    flops_needed = np.mean([train_flops(cfg, g.values["model.width"][r], g.values["model.depth"][r])
-                            for g, r in all_rows])
+    flops_needed = np.mean([train_flops(g.config, s) for g in grid.groups for s in member_rows(g)])
     lines = [f"### {name} ({'CPU-sized' if small else 'full size'}): {grid.n_members} members, "
              f"{cfg.train.steps} steps, batch {cfg.task.batch_size}, {len(grid.groups)} bucket(s)",
              f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}", "",
@@ -209,7 +211,7 @@ def benchmark(name: str, small: bool, overrides=()) -> Report:
     achieved = engine.member_steps_per_s * flops_needed
     diffs = [abs(ways[1].final_losses[i] / engine.final_losses[i] - 1) for i in ways[1].final_losses]
     lines += ["",
-              f"- achieved model FLOP/s (true sizes, 6 x params x batch): {achieved:.3g}; measured f32 matmul "
+              f"- achieved model FLOP/s (true sizes, 3 x forward matmul FLOPs x batch): {achieved:.3g}; measured f32 matmul "
               f"ceiling {ceiling:.3g} FLOP/s -> {achieved / ceiling:.1%} of it",
               f"- padding waste (FLOPs executed / FLOPs needed): {waste:.2f}x",
               f"- {peak_kind} memory: {peak / 2**20:,.0f} MiB",

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 @dataclass
 class TaskConfig:
     """Data: what to learn and how batches are drawn."""
-    name: str = "regression-1d"      # task family
+    name: str = "regression-1d"      # task family: "regression-1d" (mlp models) or "markov" (transformer models)
     function: str = "power"          # f(x): "power" (x**power), "sin" (sin(power*x)), "abs" (|x|**power)
     power: float = 2.0
     low: float = -2.0                # x ~ U[low, high]
@@ -32,20 +32,35 @@ class TaskConfig:
     grid_size: int = 1001            # points of the fixed training grid for train_data = "grid"
     test_size: int = 1001            # points of the fixed evaluation grid (linspace low..high)
     data_seed: int = -1              # -1: each member's data stream follows its init seed; >= 0: one shared stream
+    # markov: token sequences from a random Markov chain (batch_size / test_size count sequences)
+    vocab: int = 32                  # tokens V
+    context: int = 64                # tokens the model sees per sequence (each sequence has context + 1 tokens)
+    chain_seed: int = 0              # seed of the transition matrix (the same chain for every member)
+    sparsity: float = 0.0            # share of zero entries in each row of the transition matrix, in [0, 1)
+    temperature: float = 1.0         # rows are softmax(N(0, 1) / temperature): small = near-deterministic
 
 
 @dataclass
 class ModelConfig:
     """Model family and sizes; width and depth are padded to the group maximum and masked."""
-    family: str = "mlp"
-    width: int = 32                  # hidden units (plain) or residual-stream width (residual)
-    depth: int = 1                   # hidden layers (plain) or residual blocks (residual)
+    family: str = "mlp"              # "mlp" or "transformer" (decoder-only, pre-norm)
+    width: int = 32                  # hidden units (plain mlp) or residual-stream width / d_model
+    depth: int = 1                   # hidden layers (plain mlp) or residual blocks / transformer layers
     activation: str = "silu"
-    residual: bool = False
-    mlp_ratio: int = 1               # residual blocks: hidden units = mlp_ratio * width
-    norm: str = "none"               # residual blocks: "none" or "rmsnorm" (pre-norm, over active units only)
+    residual: bool = False           # mlp only (a transformer is always residual)
+    mlp_ratio: int = 1               # residual blocks and transformer MLPs: hidden units = mlp_ratio * width
+    norm: str = "none"               # "none", "rmsnorm" or "layernorm" (pre-norm, statistics over active units only)
     depth_scaling: str = "none"      # residual blocks: "none" or "inv_sqrt" (branch * 1/sqrt(true depth))
-    init: str = "torch"              # "torch": U(+-1/sqrt(fan_in)) weights and biases; "normal": N(0, 1/fan_in), zero biases
+    init: str = "torch"              # mlp: "torch" = U(+-1/sqrt(fan_in)) weights and biases; "normal" = N(0, 1/fan_in), zero biases
+    # transformer only
+    heads: int = 4                   # attention heads (ignored when head_size > 0)
+    head_size: int = 0               # > 0: fixed head size, heads = width / head_size; 0: head size = width / heads
+    positions: str = "learned"       # "learned" position embeddings or "rotary" (RoPE on queries and keys)
+    rope_base: float = 10000.0       # rotary frequency base
+    tie_embeddings: bool = False     # readout = token embedding transposed
+    parameterization: str = "sp"     # "sp" (standard) or "mup" (maximal update, Adam rules, relative to base_width)
+    base_width: int = 64             # muP: width at which muP and SP coincide (multiplier m = width / base_width)
+    zero_readout: bool = False       # initialise the readout (unembedding) to zero
 
 
 @dataclass
@@ -62,7 +77,10 @@ class TrainConfig:
     lbfgs_memory: int = 10           # lbfgs history size
     steps: int = 1000
     chunk_steps: int = 500           # steps per jitted chunk (progress, future checkpoints)
-    precision: str = "float32"       # float32 | float64 (runs under jax x64)
+    precision: str = "float32"       # float32 | float64 (runs under jax x64) | bf16 (bf16 matmuls; float32 params and optimizer state)
+    adam_b1: float = 0.9             # adam/adamw first-moment decay
+    adam_b2: float = 0.999           # adam/adamw second-moment decay
+    adam_eps: float = 1e-8           # adam/adamw epsilon
     divergence_loss: float = 1e10    # a member whose train loss is non-finite or above this is flagged and frozen
 
 
@@ -72,6 +90,7 @@ class EvalConfig:
     points: int = 30                 # test evaluations at log-spaced steps (plus step 0 and the final step)
     save_predictions: bool = False   # keep each member's final predictions on the test grid
     save_params: bool = False        # keep each member's final parameters (padded, zeros outside true size)
+    activations: bool = False        # record activation sizes (RMS over active units, on the test set) at each evaluation
 
 
 @dataclass
@@ -97,17 +116,19 @@ SECTIONS: dict[str, type] = {
 
 # Allowed values of string keys.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "task.name": ("regression-1d",),
+    "task.name": ("regression-1d", "markov"),
     "task.function": ("power", "sin", "abs"),
     "task.train_data": ("fresh", "grid"),
-    "model.family": ("mlp",),
+    "model.family": ("mlp", "transformer"),
     "model.activation": ("silu", "relu", "relu2", "gelu", "tanh"),
-    "model.norm": ("none", "rmsnorm"),
+    "model.norm": ("none", "rmsnorm", "layernorm"),
+    "model.positions": ("learned", "rotary"),
+    "model.parameterization": ("sp", "mup"),
     "model.depth_scaling": ("none", "inv_sqrt"),
     "model.init": ("torch", "normal"),
     "train.optimizer": ("adam", "adamw", "sgd", "lbfgs"),
     "train.schedule": ("constant", "cosine", "warmup_cosine", "linear"),
-    "train.precision": ("float32", "float64"),
+    "train.precision": ("float32", "float64", "bf16"),
     "run.fit_form": ("power_law", "power_law_offset"),
 }
 
@@ -123,12 +144,19 @@ MINIMUM: dict[str, tuple[float, bool]] = {
     "run.bootstrap": (0, True), "run.max_padding_waste": (0, True), "run.checkpoint_steps": (0, True),
     "run.checkpoint_minutes": (0, True), "run.keep_checkpoints": (1, True), "run.memory_fraction": (0, False),
     "run.memory_limit_gb": (0, True),
+    "task.vocab": (2, True), "task.context": (1, True), "task.chain_seed": (0, True), "task.sparsity": (0, True),
+    "task.temperature": (0, False), "model.heads": (1, True), "model.head_size": (0, True),
+    "model.rope_base": (1, False), "model.base_width": (1, True), "train.adam_b1": (0, True),
+    "train.adam_b2": (0, True), "train.adam_eps": (0, True),
 }
 MAXIMUM: dict[str, float] = {
     "train.final_lr_fraction": 1.0, "train.warmup_fraction": 1.0, "train.momentum": 1.0,
     "model.width": 2**20, "model.depth": 4096, "train.steps": 10**9, "task.batch_size": 10**8,
     "task.grid_size": 10**8, "task.test_size": 10**7, "model.mlp_ratio": 64, "run.memory_fraction": 1.0,
+    "task.vocab": 4096, "task.context": 2**16, "model.heads": 4096, "model.head_size": 2**16,
 }
+# Upper bounds that are exclusive.
+BELOW: dict[str, float] = {"task.sparsity": 1.0, "train.adam_b1": 1.0, "train.adam_b2": 1.0}
 
 # Keys a resumed run may change (with --allow-change): they do not change any member's numbers.
 RESUME_SAFE_KEYS = ("run.out", "run.fit_form", "run.bootstrap", "run.figures", "run.checkpoint_steps",
@@ -137,7 +165,8 @@ RESUME_SAFE_KEYS = ("run.out", "run.fit_form", "run.bootstrap", "run.figures", "
 # Sweep axis aliases: short name -> full key.
 AXIS_ALIASES = {"seed": "train.seed", "data_seed": "task.data_seed"}
 # Keys whose sweep values are numbers inside one compiled program (everything else is structural).
-PER_MEMBER_KEYS = ("train.seed", "task.data_seed", "model.width", "model.depth", "train.lr")
+PER_MEMBER_KEYS = ("train.seed", "task.data_seed", "model.width", "model.depth", "train.lr", "model.heads",
+                   "model.mlp_ratio")
 
 
 @dataclass
@@ -217,6 +246,8 @@ def coerce(key: str, value: Any) -> Any:
             raise _fail(key, value, f"must be {'>=' if inclusive else '>'} {bound:g}")
     if key in MAXIMUM and value > MAXIMUM[key]:
         raise _fail(key, value, f"must be <= {MAXIMUM[key]:g}")
+    if key in BELOW and value >= BELOW[key]:
+        raise _fail(key, value, f"must be < {BELOW[key]:g}")
     return value
 
 
@@ -338,8 +369,50 @@ def _check_combinations(cfg: Config) -> None:
                           "full batch; set task.train_data = 'grid'")
     if cfg.task.low >= cfg.task.high:
         raise ConfigError(f"task.low = {cfg.task.low} >= task.high = {cfg.task.high}: need low < high")
+    _check_family(cfg)
     if 0 < cfg.run.max_padding_waste < 1:
         raise ConfigError(f"run.max_padding_waste = {cfg.run.max_padding_waste}: must be 0 (no bucketing) or >= 1")
+
+
+def axis(cfg: Config, key: str) -> list:
+    """The values ``key`` takes in the sweep (its one value when it is not swept)."""
+    return list(cfg.sweep.get(key, [cfg.get(key)]))
+
+
+def _check_family(cfg: Config) -> None:
+    """Model family, task and their options must fit together (transformers need whole heads)."""
+    pairs = {"mlp": "regression-1d", "transformer": "markov"}
+    for family in axis(cfg, "model.family"):
+        for task in axis(cfg, "task.name"):
+            if pairs[family] != task:
+                raise ConfigError(f"model.family = {family!r} with task.name = {task!r}: the {family} family "
+                                  f"trains on task {pairs[family]!r}")
+    if "transformer" not in axis(cfg, "model.family"):
+        return
+    if "grid" in axis(cfg, "task.train_data"):
+        raise ConfigError("task.train_data = 'grid' with task.name = 'markov': Markov sequences are drawn fresh "
+                          "every step; remove task.train_data")
+    if cfg.eval.save_predictions:
+        raise ConfigError("eval.save_predictions = true with task.name = 'markov': predictions are kept for "
+                          "regression-1d only")
+    if "mup" in axis(cfg, "model.parameterization"):
+        bad = [o for o in axis(cfg, "train.optimizer") if o not in ("adam", "adamw")]
+        if bad:
+            raise ConfigError(f"model.parameterization = 'mup' with train.optimizer = {bad[0]!r}: the muP rules "
+                              f"here are the Adam ones; use adam or adamw")
+    rotary = "rotary" in axis(cfg, "model.positions")
+    for width in axis(cfg, "model.width"):
+        for heads in axis(cfg, "model.heads") if not cfg.model.head_size else [None]:
+            size = cfg.model.head_size or width // heads
+            if cfg.model.head_size and width % cfg.model.head_size:
+                raise ConfigError(f"model.width = {width} with model.head_size = {cfg.model.head_size}: width must "
+                                  f"be a multiple of the head size")
+            if heads is not None and width % heads:
+                raise ConfigError(f"model.width = {width} with model.heads = {heads}: width must be a multiple of "
+                                  f"heads (or set model.head_size)")
+            if rotary and size % 2:
+                raise ConfigError(f"model.positions = 'rotary' with head size {size} (width {width}): rotary "
+                                  f"positions need an even head size")
 
 
 def load_config(path: str | Path, overrides: list[str] = (), on_cpu: bool = False) -> Config:

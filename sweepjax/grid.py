@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweepjax.config import PER_MEMBER_KEYS, Config, dim_name
-from sweepjax.models.mlp import count_params
+from sweepjax.models import count, member_sizes, padded_sizes
 
 
 @dataclass
@@ -35,19 +35,28 @@ class Group:
             parts.append(f"{dim_name(key)} {lo}" + (f"-{hi}" if hi > lo else ""))
         return ", ".join(parts)
 
+    def sizes(self) -> dict[str, np.ndarray]:
+        """True model sizes of each member (the model family's size keys -> arrays of shape (n,))."""
+        return member_sizes(self.config, self.values)
+
+    def shapes(self) -> list[tuple]:
+        """Each member's true sizes as a tuple (members of equal shape cost the same)."""
+        return list(zip(*(v.tolist() for v in self.sizes().values())))
+
     def subset(self, rows: np.ndarray) -> "Group":
         """The members at positions ``rows`` of this group, as a group of their own."""
         return Group(self.structural, self.config, self.index[rows], {k: v[rows] for k, v in self.values.items()})
 
-    def cost(self, width: int, depth: int) -> int:
-        """FLOPs-per-sample proxy of a member of (width, depth): its parameter count."""
-        return count_params(self.config.model, int(width), int(depth), 1, 1)
+    def cost(self, sizes: dict[str, int]) -> float:
+        """Forward FLOPs per token (or sample) of a member of ``sizes``."""
+        return count(self.config, sizes)["forward_flops_per_token"]
 
     def padding_waste(self) -> float:
         """FLOPs executed / FLOPs the true sizes need, when every member is padded to the group max."""
-        w, d = self.values["model.width"], self.values["model.depth"]
-        true = sum(self.cost(a, b) for a, b in zip(w, d))
-        return self.size * self.cost(w.max(), d.max()) / true
+        sizes = self.sizes()
+        keys = list(sizes)
+        true = sum(self.cost(dict(zip(keys, shape))) for shape in self.shapes())
+        return self.size * self.cost(padded_sizes(sizes)) / true
 
 
 @dataclass
@@ -72,18 +81,18 @@ class Grid:
 def bucket(group: Group, max_waste: float) -> list[Group]:
     """Split ``group`` into buckets of similar size so each bucket's padding waste is <= ``max_waste``.
 
-    First-fit decreasing over member shapes (width, depth), largest cost first: all members of a
+    First-fit decreasing over member shapes (the family's true sizes), largest cost first: all members of a
     shape join the first bucket whose waste stays within the limit, else open a new bucket.
     ``max_waste`` = 0 disables bucketing. Results do not change (padding invariance); only the
     work done does.
     """
     if not max_waste:
         return [group]
-    w, d = group.values["model.width"], group.values["model.depth"]
-    shapes = sorted(set(zip(w.tolist(), d.tolist())), key=lambda s: (group.cost(*s), s), reverse=True)
+    member_shapes, keys = group.shapes(), list(group.sizes())
+    shapes = sorted(set(member_shapes), key=lambda s: (group.cost(dict(zip(keys, s))), s), reverse=True)
     buckets: list[list[int]] = []
     for shape in shapes:
-        rows = [i for i in range(group.size) if (w[i], d[i]) == shape]
+        rows = [i for i in range(group.size) if member_shapes[i] == shape]
         for b in buckets:
             if group.subset(np.array(sorted(b + rows))).padding_waste() <= max_waste:
                 b += rows

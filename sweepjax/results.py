@@ -18,7 +18,7 @@ import xarray as xr
 from sweepjax.config import Config, dim_name, to_toml
 from sweepjax.engine.train import GroupOutput
 from sweepjax.grid import Grid
-from sweepjax.models.mlp import count_params
+from sweepjax.models import count, family, tokens_per_step
 
 RESULTS_FILE, CONFIG_FILE, MANIFEST_FILE = "results.nc", "config.toml", "manifest.json"
 
@@ -39,9 +39,37 @@ def _pad_to(a: np.ndarray, shape: tuple) -> np.ndarray:
     return out
 
 
+def counts(grid: Grid) -> dict[str, np.ndarray]:
+    """Per-member parameter and FLOP counts at true sizes, each of shape ``grid.shape``.
+
+    ``train_flops``: exact matmul (and attention) FLOPs of all training steps, 3x the forward pass
+    (backward = 2x forward); ``train_flops_6nd``: the 6 N D estimate with N = non-embedding parameters
+    and D = ``tokens`` seen in training.
+    """
+    names = ("n_params", "n_params_non_embedding", "forward_flops_per_token", "tokens", "train_flops", "train_flops_6nd")
+    flat = {k: np.zeros(grid.n_members, np.float64) for k in names}
+    for g in grid.groups:
+        sizes = g.sizes()
+        tokens = float(tokens_per_step(g.config)) * g.config.train.steps
+        for row, i in enumerate(g.index):
+            c = count(g.config, {k: v[row] for k, v in sizes.items()})
+            for k in names[:3]:
+                flat[k][i] = c[k]
+            flat["tokens"][i] = tokens
+            flat["train_flops"][i] = 3.0 * c["forward_flops_per_token"] * tokens
+            flat["train_flops_6nd"][i] = 6.0 * c["n_params_non_embedding"] * tokens
+    for k in names[:2]:
+        flat[k] = flat[k].astype(np.int64)
+    return {k: v.reshape(grid.shape) for k, v in flat.items()}
+
+
 def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np.ndarray,
-                  test_x: np.ndarray, test_y: np.ndarray) -> xr.Dataset:
-    """Assemble the sweep's Dataset: curves (sweep dims + eval_step), finals, flags, counts."""
+                  test: tuple[np.ndarray, np.ndarray] | None = None, irreducible: float | None = None) -> xr.Dataset:
+    """Assemble the sweep's Dataset: curves (sweep dims + eval_step), finals, flags, counts.
+
+    ``test`` = (x, target) of the test grid (kept with saved predictions); ``irreducible``: the
+    task's lowest possible test loss (the Markov chain's entropy rate), kept as ``irreducible_loss``.
+    """
     dims = grid.dims
     coords = {dim_name(k): np.asarray(v) for k, v in grid.axes.items()}
     coords["eval_step"] = steps
@@ -52,14 +80,14 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
         "diverged_step": (dims, _scatter(grid, outputs, lambda o: o.diverged_step, -1)),
     }
     data["final_test_loss"] = (dims, data["test_loss"][1][..., -1])
-    n_params = np.zeros(grid.n_members, np.int64)
-    for g in grid.groups:
-        n_params[g.index] = [count_params(g.config.model, int(w), int(d), 1, 1)
-                             for w, d in zip(g.values["model.width"], g.values["model.depth"])]
-    data["n_params"] = (dims, n_params.reshape(grid.shape))
+    data.update({k: (dims, v) for k, v in counts(grid).items()})
+    if outputs[0].activations is not None:
+        coords["probe"] = list(family(cfg).PROBES)
+        data["activation_rms"] = (dims + ["eval_step", "probe"], _scatter(grid, outputs, lambda o: o.activations, np.nan))
+    if irreducible is not None:
+        data["irreducible_loss"] = ((), irreducible)
     if cfg.eval.save_predictions:
-        coords["x"] = test_x
-        data["test_target"] = (["x"], test_y)
+        coords["x"], data["test_target"] = test[0], (["x"], test[1])
         data["predictions"] = (dims + ["x"], _scatter(grid, outputs, lambda o: o.predictions, np.nan))
     if cfg.eval.save_params:
         for name in outputs[0].params:
@@ -68,7 +96,7 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
             data[f"param.{name}"] = (dims + [f"param.{name}.{i}" for i in range(len(shape))], arr)
     ds = xr.Dataset(data, coords=coords)
     ds.attrs["sweepjax_config"] = to_toml(cfg)
-    ds["final_test_loss"].attrs["description"] = "test MSE of the final parameters (NaN if diverged)"
+    ds["final_test_loss"].attrs["description"] = "test loss of the final parameters (NaN if diverged)"
     return ds
 
 

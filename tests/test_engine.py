@@ -118,9 +118,10 @@ def test_memory_plan_splits_members_without_changing_results():
     from sweepjax.engine.memory import member_bytes, plan_member_chunk
     sweep = {"seed": [0, 1, 2], "model.width": [16]}
     cfg = small_config(sweep)
-    per_member = member_bytes(cfg, 16, 1)
+    padded = {"width": 16, "depth": 1, "mlp_hidden": 16}
+    per_member = member_bytes(cfg, padded)
     limit_gb = 2.5 * per_member / cfg.run.memory_fraction / 2**30
-    assert plan_member_chunk(small_config(sweep, run={"memory_limit_gb": limit_gb}), 3, 16, 1) == 2
+    assert plan_member_chunk(small_config(sweep, run={"memory_limit_gb": limit_gb}), 3, padded) == 2
     one = run(sweep)
     split = run(sweep, run={"memory_limit_gb": limit_gb})
     for k in CURVES:

@@ -11,25 +11,24 @@ import os
 import jax
 
 from sweepjax.config import Config, ConfigError
-from sweepjax.models.mlp import count_params
+from sweepjax.models import count, family
 
 # Parameter-sized buffers besides the parameters themselves: gradient, update, new parameters.
 _WORK_COPIES = 3
 # Optimizer state in parameter copies, per optimizer (lbfgs: s and y histories plus line search).
 _OPT_COPIES = {"adam": 2, "adamw": 2, "sgd": 1}
-# Activation buffers kept per unit and layer for the backward pass.
+# Activation floats kept for the backward pass per forward-only float (the test pass keeps none).
 _ACT_BUFFERS = 4
 
 
-def member_bytes(cfg: Config, width: int, depth: int) -> int:
-    """Estimated peak device bytes of one member padded to (width, depth)."""
+def member_bytes(cfg: Config, padded: dict[str, int]) -> int:
+    """Estimated peak device bytes of one member padded to ``padded`` sizes."""
     item = 8 if cfg.train.precision == "float64" else 4
-    params = count_params(cfg.model, width, depth, 1, 1)
+    params = count(cfg, padded)["n_params"]
     opt = 2 * cfg.train.lbfgs_memory + 4 if cfg.train.optimizer == "lbfgs" else _OPT_COPIES[cfg.train.optimizer]
-    batch = cfg.task.grid_size if cfg.task.train_data == "grid" else cfg.task.batch_size
-    units = width * (1 + (cfg.model.mlp_ratio if cfg.model.residual else 0))
-    acts = (_ACT_BUFFERS * batch + cfg.task.test_size) * units * max(depth, 1)  # test pass: forward only
-    return item * (params * (1 + _WORK_COPIES + opt) + acts)
+    batch = cfg.task.grid_size if cfg.task.train_data == "grid" and cfg.model.family == "mlp" else cfg.task.batch_size
+    acts = (batch + cfg.task.test_size / _ACT_BUFFERS) * family(cfg).activation_floats(cfg, padded)  # test: forward only
+    return int(item * (params * (1 + _WORK_COPIES + opt) + acts))
 
 
 def device_limit_bytes(cfg: Config) -> int:
@@ -43,16 +42,16 @@ def device_limit_bytes(cfg: Config) -> int:
     return int(total * cfg.run.memory_fraction)
 
 
-def plan_member_chunk(cfg: Config, n_members: int, width: int, depth: int) -> int:
-    """Members per compiled call and device for a bucket of ``n_members`` (per device) padded to (width, depth).
+def plan_member_chunk(cfg: Config, n_members: int, padded: dict[str, int]) -> int:
+    """Members per compiled call and device for a bucket of ``n_members`` (per device) padded to ``padded`` sizes.
 
     ``run.member_chunk`` > 0 is used as given (capped at ``n_members``); 0 means as many as fit
     in one device's memory.
     Raises :class:`ConfigError` when a single member does not fit.
     """
-    need, limit = member_bytes(cfg, width, depth), device_limit_bytes(cfg)
+    need, limit = member_bytes(cfg, padded), device_limit_bytes(cfg)
     if need > limit:
-        raise ConfigError(f"one member of width {width}, depth {depth} needs ~{need / 2**30:.2f} GiB, more than "
+        raise ConfigError(f"one member of width {padded['width']}, depth {padded['depth']} needs ~{need / 2**30:.2f} GiB, more than "
                           f"the {limit / 2**30:.2f} GiB usable on {jax.devices()[0].platform} "
                           f"(run.memory_fraction = {cfg.run.memory_fraction}); shrink model.width/model.depth "
                           f"or the batch")

@@ -12,7 +12,8 @@ import xarray as xr
 from sweepjax.config import Config
 from sweepjax.engine.memory import plan_member_chunk
 from sweepjax.engine.train import eval_steps, precision, run_group
-from sweepjax.tasks.regression import make_task
+from sweepjax.models import padded_sizes
+from sweepjax.tasks import make_task
 from sweepjax.grid import Grid, build_grid
 
 
@@ -20,7 +21,7 @@ def check_memory(cfg: Config) -> Grid:
     """Build the grid and refuse (ConfigError) a sweep with a member too big for the device."""
     grid = build_grid(cfg)
     for g in grid.groups:
-        plan_member_chunk(g.config, g.size, int(g.values["model.width"].max()), int(g.values["model.depth"].max()))
+        plan_member_chunk(g.config, g.size, padded_sizes(g.sizes()))
     return grid
 
 
@@ -43,8 +44,13 @@ def run_sweep(cfg: Config, log=sys.stderr, store=None, should_stop=lambda: False
                for i, g in enumerate(grid.groups)]
     wall = time.perf_counter() - t0
     steps = eval_steps(cfg.train.steps, cfg.eval.points)
-    with precision(cfg):
-        x, y = make_task(cfg.task).test_set(jnp.float64 if cfg.train.precision == "float64" else jnp.float32)
-    ds = results.build_dataset(cfg, grid, outputs, steps, np.asarray(x)[:, 0], np.asarray(y)[:, 0])
+    task = make_task(cfg.task)
+    test = None
+    if cfg.eval.save_predictions:
+        with precision(cfg):
+            x, y = task.test_set(jnp.float64 if cfg.train.precision == "float64" else jnp.float32)
+        test = (np.asarray(x)[:, 0], np.asarray(y)[:, 0])
+    irreducible = task.entropy_rate() if hasattr(task, "entropy_rate") else None
+    ds = results.build_dataset(cfg, grid, outputs, steps, test, irreducible)
     man = results.manifest([o.compile_s for o in outputs], wall, [str(d) for d in jax.devices()])
     return ds, man

@@ -25,8 +25,8 @@ from sweepjax.engine.checkpoint import Interrupted
 from sweepjax.engine.memory import plan_member_chunk
 from sweepjax.engine.optim import make_optimizer, needs_value_fn
 from sweepjax.grid import Group
-from sweepjax.models.mlp import MLP
-from sweepjax.tasks.regression import make_task
+from sweepjax.models import dtypes, family, make_model, member_sizes, padded_sizes
+from sweepjax.tasks import make_task
 
 
 def eval_steps(steps: int, points: int) -> np.ndarray:
@@ -53,6 +53,7 @@ class GroupOutput:
     diverged: np.ndarray         # (n,) bool
     diverged_step: np.ndarray    # (n,) int, -1 if never
     predictions: np.ndarray | None  # (n, test_size) or None
+    activations: np.ndarray | None  # (n, n_eval, n_probes) activation RMS at each evaluation, or None
     params: dict | None          # leaf name -> (n, *padded shape) or None; "init." names: at init
     compile_s: float
     run_s: float
@@ -61,11 +62,13 @@ class GroupOutput:
 class GroupProgram:
     """The compiled training program of one group (fixed padded sizes and member-chunk size)."""
 
-    def __init__(self, cfg: Config, padded_width: int, padded_depth: int):
+    def __init__(self, cfg: Config, padded: dict[str, int]):
         self.cfg = cfg
-        self.dtype = jnp.float64 if cfg.train.precision == "float64" else jnp.float32
+        self.dtype = dtypes(cfg)[0]
         self.task = make_task(cfg.task)
-        self.model = MLP(cfg.model, padded_width, padded_depth, self.task.in_dim, self.task.out_dim, self.dtype)
+        self.family = family(cfg)
+        self.model = make_model(cfg, padded)
+        self.probes = self.family.PROBES if cfg.eval.activations else ()
         self.steps = eval_steps(cfg.train.steps, cfg.eval.points)
         slot = np.full(cfg.train.steps + 1, -1, np.int32)
         slot[self.steps] = np.arange(len(self.steps))
@@ -81,14 +84,16 @@ class GroupProgram:
         self._predict = jax.jit(jax.vmap(self._predict_member), in_shardings=self.sharded, out_shardings=self.sharded)
 
     # ---- one member -------------------------------------------------------------------------
-    def _apply(self, params, x, m):
-        return self.model.apply({"params": params}, x, m["width"], m["depth"])
+    def _apply(self, params, x, m, probes=False):
+        return self.model.apply({"params": params}, x, m["sizes"], probes)
 
     def _init_member(self, m: dict) -> dict:
-        x0 = jnp.zeros((1, self.task.in_dim), self.dtype)
-        params = self.model.init({"params": jax.random.key(m["seed"])}, x0, m["width"], m["depth"])["params"]
+        x0 = self.task.init_input(self.dtype)
+        params = self.model.init({"params": jax.random.key(m["seed"])}, x0, m["sizes"])["params"]
         n_eval = len(self.steps)
+        probes = {"activations": jnp.full((n_eval, len(self.probes)), jnp.nan, self.dtype)} if self.probes else {}
         return {
+            **probes,
             "params": params,
             "opt": make_optimizer(self.cfg.train, m["lr"]).init(params),
             "diverged": jnp.zeros((), bool),
@@ -97,9 +102,23 @@ class GroupProgram:
             "test_loss": jnp.full((n_eval,), jnp.nan, self.dtype),
         }
 
-    def _test_loss(self, params, m):
+    def _test_chunks(self):
+        """The test set split into equal chunks of at most a training batch (when it divides evenly)."""
         x, y = self.task.test_set(self.dtype)
-        return self.task.loss(self._apply(params, x, m), y)
+        n, b = x.shape[0], self.cfg.task.batch_size
+        c = b if n > b and n % b == 0 else n
+        return x.reshape(n // c, c, *x.shape[1:]), y.reshape(n // c, c, *y.shape[1:])
+
+    def _test_loss(self, params, m):
+        """Mean test loss over the whole test set, evaluated chunk by chunk."""
+        xs, ys = self._test_chunks()
+        return jnp.mean(jax.lax.map(lambda xy: self.task.loss(self._apply(params, xy[0], m), xy[1]), (xs, ys)))
+
+    def _probe(self, params, m):
+        """Activation RMS values (``PROBES`` order) on the first test chunk."""
+        xs, _ = self._test_chunks()
+        stats = self._apply(params, xs[0], m, probes=True)[1]
+        return jnp.stack([stats[k] for k in self.probes]).astype(self.dtype)
 
     def _step_member(self, state: dict, t: jax.Array, slot: jax.Array, m: dict) -> dict:
         tc = self.cfg.train
@@ -116,6 +135,9 @@ class GroupProgram:
         else:
             loss, grads = jax.value_and_grad(loss_of)(params)
             updates, new_opt = tx.update(grads, opt, params)
+        scales = self.family.lr_multipliers(self.cfg.model, params, m["sizes"])
+        if scales is not None:  # per-tensor learning rates (muP)
+            updates = jax.tree.map(lambda u, f: u * f.astype(u.dtype), updates, scales)
         new_params = optax.apply_updates(params, updates)
 
         # A member whose loss is non-finite or too large, or whose update would leave non-finite
@@ -127,9 +149,12 @@ class GroupProgram:
 
         def record(s):
             test = jnp.where(diverged, nan, self._test_loss(params, m))
-            return {**s,
-                    "train_loss": s["train_loss"].at[slot].set(jnp.where(diverged, nan, loss)),
-                    "test_loss": s["test_loss"].at[slot].set(test)}
+            out = {**s,
+                   "train_loss": s["train_loss"].at[slot].set(jnp.where(diverged, nan, loss)),
+                   "test_loss": s["test_loss"].at[slot].set(test)}
+            if self.probes:
+                out["activations"] = s["activations"].at[slot].set(jnp.where(diverged, nan, self._probe(params, m)))
+            return out
 
         state = jax.lax.cond(slot >= 0, record, lambda s: s, state)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
@@ -151,13 +176,12 @@ class GroupProgram:
 
     def members(self, group: Group, idx: np.ndarray) -> dict:
         """Device arrays of the per-member numbers for members ``idx`` of ``group``."""
-        v = group.values
+        v = {k: a[idx] for k, a in group.values.items()}
         return jax.device_put({
-            "seed": np.asarray(v["train.seed"][idx], np.uint32),
-            "data_seed": np.asarray(v["task.data_seed"][idx], np.uint32),
-            "width": np.asarray(v["model.width"][idx], np.int32),
-            "depth": np.asarray(v["model.depth"][idx], np.int32),
-            "lr": np.asarray(v["train.lr"][idx], np.dtype(self.dtype)),
+            "seed": np.asarray(v["train.seed"], np.uint32),
+            "data_seed": np.asarray(v["task.data_seed"], np.uint32),
+            "lr": np.asarray(v["train.lr"], np.dtype(self.dtype)),
+            "sizes": {k: np.asarray(a, np.int32) for k, a in member_sizes(self.cfg, v).items()},
         }, self.sharded)
 
     def init(self, members: dict) -> dict:
@@ -214,12 +238,12 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
     are skipped on resume, the chunk in progress restarts from its latest checkpoint, and
     ``should_stop()`` turning true makes the run checkpoint and raise :class:`Interrupted`.
     """
-    width, depth = int(group.values["model.width"].max()), int(group.values["model.depth"].max())
+    padded = padded_sizes(member_sizes(cfg, group.values))
     n = group.size
     with precision(cfg):
-        program = GroupProgram(cfg, width, depth)
+        program = GroupProgram(cfg, padded)
         nd = program.n_devices
-        size = nd * plan_member_chunk(cfg, -(-n // nd), width, depth)  # a multiple of the device count
+        size = nd * plan_member_chunk(cfg, -(-n // nd), padded)  # a multiple of the device count
         parts: list[dict] = []
         compile_s = run_s = 0.0
         for c0 in range(0, n, size):
@@ -258,7 +282,7 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
             compile_s = compile_s or c_s
             run_s += r_s
             host.update({k: to_host(state[k])[: len(idx)]
-                         for k in ("train_loss", "test_loss", "diverged", "diverged_step")})
+                         for k in ("train_loss", "test_loss", "diverged", "diverged_step", "activations") if k in state})
             if cfg.eval.save_predictions:
                 host["predictions"] = program.predict(state["params"], members)[: len(idx)]
             if cfg.eval.save_params:
@@ -269,4 +293,4 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
     cat = lambda k: np.concatenate([p[k] for p in parts]) if k in parts[0] else None
     params = {k[len("params/"):]: cat(k) for k in parts[0] if k.startswith("params/")} or None
     return GroupOutput(cat("train_loss"), cat("test_loss"), cat("diverged"), cat("diverged_step"),
-                       cat("predictions"), params, compile_s, run_s)
+                       cat("predictions"), cat("activations"), params, compile_s, run_s)

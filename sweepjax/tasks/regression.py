@@ -43,6 +43,10 @@ class Regression1D:
             x = jax.random.uniform(key, (c.batch_size, 1), dtype, c.low, c.high)
         return x, self.target(x)
 
+    def init_input(self, dtype) -> jax.Array:
+        """An input batch of the right shape for model init, (1, 1)."""
+        return jnp.zeros((1, self.in_dim), dtype)
+
     def test_set(self, dtype) -> tuple[jax.Array, jax.Array]:
         """The fixed evaluation grid: (x, y), each (test_size, 1)."""
         x = self.grid(self.cfg.test_size, dtype)
@@ -53,7 +57,3 @@ class Regression1D:
         """Mean squared error over the batch."""
         return jnp.mean(jnp.square(pred - y))
 
-
-def make_task(cfg: TaskConfig) -> Regression1D:
-    """The task object named by ``cfg.name``."""
-    return {"regression-1d": Regression1D}[cfg.name](cfg)

@@ -1,0 +1,178 @@
+"""Model family ``transformer``: decoder-only, pre-norm, padded to a group's largest sizes.
+
+Per member (numbers inside one compiled program): d_model ``width``, ``depth`` layers, ``heads``
+attention heads of ``head_dim`` each, MLP of ``mlp_hidden`` units. Every array is padded to the
+group maximum of each size and masked (see :mod:`sweepjax.models.common`): norm statistics over the
+active d_model units, attention over the active heads and head dims, layers past the true depth
+are ``where`` identities. No biases except the LayerNorm ones.
+
+Parameterizations (``model.parameterization``), with m = width / base_width from the TRUE width:
+
+* ``sp``: hidden weights N(0, 1/fan_in), embeddings N(0, 1), readout N(0, 1/width), attention
+  logits q.k / sqrt(head_dim), every tensor at the config's learning rate;
+* ``mup`` (the Adam rules of Yang et al.): the same inits, hidden matrices (q, k, v, o and both
+  MLP matrices) at lr / m, embeddings, norms and readout at lr, logits multiplied by 1/m,
+  attention logits q.k / head_dim.
+
+``model.zero_readout`` starts the readout at zero; ``model.depth_scaling = "inv_sqrt"`` multiplies
+both residual branches by 1/sqrt(true depth).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sweepjax.config import Config, ModelConfig
+from sweepjax.models.common import ACTIVATIONS, active_rms, constant_init, matmul, normal_init, normalize
+
+SIZE_KEYS = ("width", "depth", "heads", "head_dim", "mlp_hidden")
+# Parameters trained at lr / m under muP (matrices with both dimensions growing with width).
+HIDDEN = ("wq", "wk", "wv", "wo", "w1", "w2")
+PROBES = ("embed", "attn_out", "mlp_out", "residual", "logits")
+
+
+def member_sizes(cfg: ModelConfig, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """True sizes of each member from its per-member config values (``model.width`` ...)."""
+    width = np.asarray(values["model.width"], np.int64)
+    heads = width // cfg.head_size if cfg.head_size else np.asarray(values["model.heads"], np.int64)
+    return {"width": width, "depth": np.asarray(values["model.depth"], np.int64), "heads": heads,
+            "head_dim": width // heads if not cfg.head_size else np.full_like(width, cfg.head_size),
+            "mlp_hidden": np.asarray(values["model.mlp_ratio"], np.int64) * width}
+
+
+def width_multiplier(cfg: ModelConfig, width: jax.Array) -> jax.Array:
+    """muP's m = true width / base width (1 under SP)."""
+    width = jnp.asarray(width, jnp.float32)
+    return width / cfg.base_width if cfg.parameterization == "mup" else jnp.ones_like(width)
+
+
+def rotary(q: jax.Array, head_dim: jax.Array, base: float) -> jax.Array:
+    """RoPE on (B, T, H, Dp) with interleaved pairs (2i, 2i+1) at frequency base^(-2i / true head_dim)."""
+    B, T, H, Dp = q.shape
+    freq = base ** (-2.0 * jnp.arange(Dp // 2) / head_dim)
+    angle = jnp.arange(T)[:, None] * freq[None, :]                      # (T, Dp/2)
+    cos, sin = jnp.cos(angle)[None, :, None, :], jnp.sin(angle)[None, :, None, :]
+    pairs = q.reshape(B, T, H, Dp // 2, 2)
+    a, b = pairs[..., 0], pairs[..., 1]
+    return jnp.stack([a * cos - b * sin, a * sin + b * cos], -1).reshape(q.shape).astype(q.dtype)
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer over ``vocab`` tokens and ``context`` positions, padded to ``padded`` sizes."""
+    cfg: ModelConfig
+    padded: dict
+    vocab: int
+    context: int
+    dtype: Any = jnp.float32          # parameters (float32 or float64)
+    compute_dtype: Any = jnp.float32  # matmul operands (bf16 for mixed precision)
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, sizes: dict, probes: bool = False):
+        """Logits (B, T, vocab) for int tokens (B, T); with ``probes`` also a dict of activation RMS values."""
+        c, P, dt, cd = self.cfg, self.padded, self.dtype, self.compute_dtype
+        W, D, H, Dh, F, V = P["width"], P["depth"], P["heads"], P["head_dim"], P["mlp_hidden"], self.vocab
+        width, depth = sizes["width"], sizes["depth"]
+        unit = (jnp.arange(W) < width).astype(dt)
+        head = (jnp.arange(H) < sizes["heads"]).astype(dt)[:, None] * (jnp.arange(Dh) < sizes["head_dim"]).astype(dt)
+        hid = (jnp.arange(F) < sizes["mlp_hidden"]).astype(dt)
+        on = (jnp.arange(D) < depth).astype(dt)
+        inner = sizes["heads"] * sizes["head_dim"]
+        inv = lambda n: jax.lax.rsqrt(jnp.asarray(n, dt))
+        m = width_multiplier(c, width).astype(dt)
+
+        emb = self.param("embed", normal_init(1.0, unit, dt), (V, W))
+        h = emb[tokens]
+        if c.positions == "learned":
+            h = h + self.param("pos_embed", normal_init(1.0, unit, dt), (self.context, W))[None, : tokens.shape[1]]
+
+        def norm_params(name, shape, mask):
+            gain = self.param(f"{name}_gain", constant_init(1.0, mask, dt), shape) if c.norm != "none" else None
+            bias = self.param(f"{name}_bias", constant_init(0.0, mask, dt), shape) if c.norm == "layernorm" else None
+            return gain, bias
+
+        layer_unit = on[:, None] * unit
+        layers = {
+            "ln1": norm_params("ln1", (D, W), layer_unit),
+            "ln2": norm_params("ln2", (D, W), layer_unit),
+            "wq": self.param("wq", normal_init(inv(width), on[:, None, None, None] * unit[:, None, None] * head, dt), (D, W, H, Dh)),
+            "wk": self.param("wk", normal_init(inv(width), on[:, None, None, None] * unit[:, None, None] * head, dt), (D, W, H, Dh)),
+            "wv": self.param("wv", normal_init(inv(width), on[:, None, None, None] * unit[:, None, None] * head, dt), (D, W, H, Dh)),
+            "wo": self.param("wo", normal_init(inv(inner), on[:, None, None, None] * head[..., None] * unit, dt), (D, H, Dh, W)),
+            "w1": self.param("w1", normal_init(inv(width), on[:, None, None] * unit[:, None] * hid, dt), (D, W, F)),
+            "w2": self.param("w2", normal_init(inv(sizes["mlp_hidden"]), on[:, None, None] * hid[:, None] * unit, dt), (D, F, W)),
+            "on": on,
+        }
+        branch_scale = inv(depth) if c.depth_scaling == "inv_sqrt" else jnp.ones((), dt)
+        logit_scale = (1.0 / sizes["head_dim"]) if c.parameterization == "mup" else inv(sizes["head_dim"])
+        causal = jnp.tril(jnp.ones((tokens.shape[1], tokens.shape[1]), bool))
+        act = ACTIVATIONS[c.activation]
+        norm = lambda v, gb: normalize(v, unit, width, c.norm, *gb)
+
+        def block(h, p):
+            a = norm(h, p["ln1"])
+            q, k, v = (matmul("btw,whd->bthd", a, p[n], cd) for n in ("wq", "wk", "wv"))
+            if c.positions == "rotary":
+                q, k = rotary(q, sizes["head_dim"], c.rope_base), rotary(k, sizes["head_dim"], c.rope_base)
+            s = matmul("bthd,bshd->bhts", q, k, cd).astype(dt) * logit_scale
+            s = jnp.where(causal, s, -jnp.inf)
+            o = matmul("bhts,bshd->bthd", jax.nn.softmax(s, axis=-1).astype(dt), v, cd).astype(dt)
+            attn = matmul("bthd,hdw->btw", o, p["wo"], cd).astype(dt)
+            h1 = h + branch_scale * attn
+            mlp = matmul("btf,fw->btw", act(matmul("btw,wf->btf", norm(h1, p["ln2"]), p["w1"], cd).astype(dt)) * hid,
+                         p["w2"], cd).astype(dt)
+            h2 = h1 + branch_scale * mlp
+            stats = jnp.stack([active_rms(attn, unit, width), active_rms(mlp, unit, width)])
+            return jnp.where(p["on"] > 0, h2, h), stats
+
+        h0 = h
+        h, layer_stats = jax.lax.scan(block, h, layers)
+        final = norm(h, norm_params("ln_f", (W,), unit))
+        if c.tie_embeddings:
+            readout = emb.T
+        else:
+            std = 0.0 if c.zero_readout else inv(width)
+            readout = self.param("readout", normal_init(std, unit[:, None] * jnp.ones(V, dt), dt), (W, V))
+        logits = matmul("btw,wv->btv", final, readout, cd).astype(dt) / m
+        if not probes:
+            return logits
+        per_layer = jnp.sum(layer_stats * on[:, None], 0) / depth
+        values = [active_rms(h0, unit, width), per_layer[0], per_layer[1], active_rms(h, unit, width),
+                  jnp.sqrt(jnp.mean(jnp.square(logits)))]
+        return logits, dict(zip(PROBES, values))
+
+
+def lr_multipliers(cfg: ModelConfig, params: dict, sizes: dict) -> dict:
+    """Per-tensor learning-rate factors (a tree like ``params``): 1/m for hidden matrices under muP, else 1."""
+    m = width_multiplier(cfg, sizes["width"])
+    return {name: (1.0 / m if name in HIDDEN else jnp.ones_like(m)) for name in params}
+
+
+def count(cfg: Config, s: dict[str, int]) -> dict[str, float]:
+    """Parameters and forward FLOPs per token of one member at its TRUE sizes ``s``.
+
+    ``n_params``: every trained entry. ``n_params_non_embedding``: without the token and position
+    embeddings and the (untied) readout, as in Kaplan et al.'s N = 12 L d^2. ``forward_flops_per_token``:
+    the matmuls exactly as computed (2 per multiply-add), attention scores and mixing over the full
+    context (the causal mask does not save work here); norms, softmax and activations not counted.
+    """
+    c, V, T = cfg.model, cfg.task.vocab, cfg.task.context
+    W, D, inner, F = s["width"], s["depth"], s["heads"] * s["head_dim"], s["mlp_hidden"]
+    norm = {"none": 0, "rmsnorm": 1, "layernorm": 2}[c.norm] * W
+    layer = 4 * W * inner + 2 * W * F + 2 * norm
+    embedding = V * W + (T * W if c.positions == "learned" else 0)
+    readout = 0 if c.tie_embeddings else W * V
+    total = embedding + D * layer + norm + readout
+    flops = 2 * D * (4 * W * inner + 2 * W * F) + 2 * D * 2 * T * inner + 2 * W * V
+    return {"n_params": total, "n_params_non_embedding": total - embedding - readout,
+            "forward_flops_per_token": flops}
+
+
+def activation_floats(cfg: Config, s: dict[str, int]) -> int:
+    """Floats per sequence kept for the backward pass (a memory estimate, not exact)."""
+    T, H = cfg.task.context, s["heads"]
+    per_layer = T * (10 * s["width"] + 3 * H * s["head_dim"] + 2 * s["mlp_hidden"]) + 2 * H * T * T
+    return s["depth"] * per_layer + 3 * T * cfg.task.vocab

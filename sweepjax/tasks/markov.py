@@ -1,0 +1,201 @@
+"""Task ``markov``: next-token prediction on sequences of a random Markov chain over V tokens.
+
+The chain
+    A transition matrix P (V x V, rows sum to 1) is drawn on the host, in float64, from
+    ``numpy.random.default_rng(chain_seed)`` alone, so every member of a sweep (and every run with
+    the same ``chain_seed``) sees the same chain. Each row keeps ``k = max(1, round((1 - sparsity) * V))``
+    nonzero entries (at most V); the other ``V - k`` are exactly 0. To make the chain irreducible
+    (so its stationary distribution is unique), one random cyclic permutation sigma (a single cycle
+    through all V tokens) is drawn first, and row i always keeps the edge i -> sigma(i); its other
+    ``k - 1`` kept columns are distinct and uniformly random among the remaining ``V - 1``
+    (self-loops allowed). The kept entries of a row get weights ``softmax(z / temperature)`` with
+    ``z ~ N(0, 1)`` i.i.d.; a small temperature makes rows near-deterministic (entropy -> 0), and
+    ``k = 1`` makes the chain the deterministic cycle sigma (entropy exactly 0). Kept weights are
+    floored at the smallest normal float64 (~2e-308) so that an extreme temperature cannot underflow
+    them to 0 and break irreducibility; in the float32 sampler such weights are simply never drawn.
+
+    The stationary distribution pi (pi P = pi, sum 1) solves the stacked system
+    ``[(P^T - I); 1^T] pi = [0; 1]`` by least squares; tiny negatives are clipped and pi is renormalised.
+    The entropy rate ``H = sum_i pi_i H(P_i)`` (nats per token) is the smallest expected test loss any
+    predictor can reach, so ``test_loss - H`` is the reducible part of the loss.
+
+The data
+    A sequence has ``context + 1`` tokens: ``x_0 ~ pi``, then ``x_{t+1} ~ P[x_t]``, so the process is
+    stationary and every position has the same marginal pi. Models see ``x = seq[:, :-1]`` and predict
+    ``y = seq[:, 1:]`` (both (batch, context) int32), and the loss is the mean cross-entropy in nats
+    over all positions. Sampling runs on the device by inverse-CDF search: one uniform per token, a
+    binary search (ceil(log2 V) gathers) in the float32 cumulative row of the current token, and a
+    ``lax.scan`` over the ``context`` steps with the whole batch vectorised; zero-probability transitions
+    can never be drawn. Training batches are pure functions of (data key, step); the test set is a fixed
+    set of ``test_size`` sequences drawn once from a key derived from ``chain_seed`` alone
+    (``fold_in(key(chain_seed), 2**31 - 1)``, a step no training stream reaches), the same for every member.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sweepjax.config import TaskConfig
+
+# fold_in index of the test set's key: training keys are fold_in(data_key, step) with step <= 1e9 < this.
+TEST_FOLD = 2**31 - 1
+
+
+def _cdf_rows(p: np.ndarray) -> np.ndarray:
+    """Cumulative sums along the last axis, as float32, exactly 1.0 from each row's last nonzero entry on.
+
+    With u in [0, 1) the smallest j with cdf[j] > u then always exists and always has p[j] > 0
+    (a zero entry repeats the previous cumulative value, so it can never be the first to exceed u).
+    """
+    cdf = np.cumsum(p, axis=-1)
+    cdf = cdf / cdf[..., -1:]
+    last = p.shape[-1] - 1 - np.argmax(p[..., ::-1] > 0, axis=-1)
+    cols = np.arange(p.shape[-1])
+    cdf = np.where(cols >= last[..., None], 1.0, cdf)
+    return cdf.astype(np.float32)
+
+
+def _search(lookup, u: jax.Array, v: int) -> jax.Array:
+    """Smallest j in [0, V) with lookup(j) > u, elementwise; ``lookup(j)`` gives cumulative values shaped like u.
+
+    A binary search of ceil(log2 V) gathers; requires lookup(V - 1) > u (the CDF ends at exactly 1, u < 1).
+    """
+    lo = jnp.zeros(u.shape, jnp.int32)
+    hi = jnp.full(u.shape, v - 1, jnp.int32)
+    for _ in range(max(1, math.ceil(math.log2(v)))):
+        mid = (lo + hi) // 2
+        above = lookup(mid) > u
+        hi = jnp.where(above, mid, hi)
+        lo = jnp.where(above, lo, mid + 1)
+    return lo
+
+
+@partial(jax.jit, static_argnums=(3, 4))
+def _sample(cdf: jax.Array, cdf0: jax.Array, key: jax.Array, n: int, t: int) -> jax.Array:
+    """n sequences of t + 1 tokens, (n, t + 1) int32, from the CDFs of pi (``cdf0``, (V,)) and of P (``cdf``, (V, V)).
+
+    Jitted so that eager calls compile once per shape; inside an outer jit or vmap it is simply inlined.
+    """
+    v = cdf0.shape[0]
+    u = jax.random.uniform(key, (t + 1, n), jnp.float32)     # one uniform per token, in [0, 1)
+    x0 = _search(lambda j: cdf0[j], u[0], v)
+
+    def step(x, u):
+        # Search row x of the transition CDF in place (no (n, V) gather of whole rows).
+        nxt = _search(lambda j: cdf[x, j], u, v)
+        return nxt, nxt
+
+    _, rest = jax.lax.scan(step, x0, u[1:])
+    return jnp.concatenate([x0[:, None], rest.T], axis=1).astype(jnp.int32)
+
+
+@dataclass(frozen=True)
+class Markov:
+    """Next-token prediction on sequences of a random Markov chain over V tokens (see the module docstring)."""
+    cfg: TaskConfig
+
+    def __post_init__(self):
+        c = self.cfg
+        v = int(c.vocab)
+        rng = np.random.default_rng(c.chain_seed)
+        k = min(v, max(1, int(round((1.0 - c.sparsity) * v))))
+        # One cycle through all tokens: sigma(order[i]) = order[i + 1].
+        order = rng.permutation(v)
+        sigma = np.empty(v, np.int64)
+        sigma[order] = np.roll(order, -1)
+        # Kept columns: the cycle edge first (score -1), then the k - 1 smallest random scores.
+        scores = rng.random((v, v))
+        scores[np.arange(v), sigma] = -1.0
+        kept = np.argpartition(scores, k - 1, axis=1)[:, :k] if k < v else np.tile(np.arange(v), (v, 1))
+        z = rng.standard_normal((v, k)) / c.temperature
+        w = np.exp(z - z.max(axis=1, keepdims=True))
+        w = np.maximum(w / w.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        w = w / w.sum(axis=1, keepdims=True)
+        p = np.zeros((v, v))
+        p[np.arange(v)[:, None], kept] = w
+        # Stationary distribution: [(P^T - I); 1^T] pi = [0; 1].
+        a = np.vstack([p.T - np.eye(v), np.ones((1, v))])
+        b = np.zeros(v + 1)
+        b[-1] = 1.0
+        pi = np.linalg.lstsq(a, b, rcond=None)[0]
+        pi = np.clip(pi, 0.0, None)
+        pi = pi / pi.sum()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            row_entropy = -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+        object.__setattr__(self, "_p", p)
+        object.__setattr__(self, "_pi", pi)
+        object.__setattr__(self, "_entropy_rate", float(np.dot(pi, row_entropy)))
+        object.__setattr__(self, "_k", k)
+        object.__setattr__(self, "_cdf", _cdf_rows(p))
+        object.__setattr__(self, "_cdf0", _cdf_rows(pi))
+        object.__setattr__(self, "_test", None)
+
+    # ---- the chain (host, float64) ------------------------------------------------------------
+    @property
+    def vocab(self) -> int:
+        """Number of tokens V."""
+        return int(self.cfg.vocab)
+
+    @property
+    def context(self) -> int:
+        """Tokens a model sees per sequence T (each sequence has T + 1 tokens)."""
+        return int(self.cfg.context)
+
+    @property
+    def kept_per_row(self) -> int:
+        """Nonzero entries per row of the transition matrix, k = max(1, round((1 - sparsity) * V))."""
+        return self._k
+
+    def transition_matrix(self) -> np.ndarray:
+        """P, (V, V) float64: P[i, j] = Pr(x_{t+1} = j | x_t = i); rows sum to 1 (a copy)."""
+        return self._p.copy()
+
+    def stationary(self) -> np.ndarray:
+        """pi, (V,) float64: the stationary distribution (pi P = pi), also the law of every x_t (a copy)."""
+        return self._pi.copy()
+
+    def entropy_rate(self) -> float:
+        """sum_i pi_i H(P_i) in nats per token: the irreducible (Bayes-optimal) test loss."""
+        return self._entropy_rate
+
+    # ---- sampling (device) --------------------------------------------------------------------
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """n stationary sequences, (n, context + 1) int32: x_0 ~ pi, x_{t+1} ~ P[x_t]; jit/vmap-safe."""
+        return _sample(jnp.asarray(self._cdf), jnp.asarray(self._cdf0), key, n, self.context)
+
+    def init_input(self, dtype) -> jax.Array:
+        """An input for model init: int32 zeros (1, context); ``dtype`` is accepted for interface compatibility."""
+        return jnp.zeros((1, self.context), jnp.int32)
+
+    def train_batch(self, data_key: jax.Array, step: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+        """The training batch of ``step``: (x, y), each (batch_size, context) int32, y = x shifted by one token."""
+        seq = self.sample(jax.random.fold_in(data_key, step), self.cfg.batch_size)
+        return seq[:, :-1], seq[:, 1:]
+
+    def test_set(self, dtype) -> tuple[jax.Array, jax.Array]:
+        """The fixed test sequences: (x, y), each (test_size, context) int32, from a key of chain_seed alone.
+
+        Drawn once (eagerly, even when called while tracing) and kept on the host; later calls reuse them.
+        """
+        if self._test is None:
+            with jax.ensure_compile_time_eval():
+                key = jax.random.fold_in(jax.random.key(self.cfg.chain_seed), TEST_FOLD)
+                seq = np.asarray(self.sample(key, self.cfg.test_size))
+            object.__setattr__(self, "_test", seq)
+        seq = jnp.asarray(self._test)
+        return seq[:, :-1], seq[:, 1:]
+
+    @staticmethod
+    def loss(logits: jax.Array, y: jax.Array) -> jax.Array:
+        """Mean cross-entropy in nats over all (batch, context) positions; ``logits`` (..., V), ``y`` (...) int.
+
+        Computed in float32 (or float64 when the logits are float64), also for bf16 logits.
+        """
+        ftype = jnp.promote_types(logits.dtype, jnp.float32)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(ftype), y))
