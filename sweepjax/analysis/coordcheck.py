@@ -1,0 +1,60 @@
+"""Coordinate check: activation sizes after a few training steps, across widths, under SP and muP.
+
+Under muP the size of every activation stays the same as the width grows (the curves over width
+are flat at every step); under the standard parameterization with Adam the hidden updates grow
+with width, so the attention and MLP outputs and the logits drift upward with width after the
+first step (Yang et al., Tensor Programs V). The check trains the config's own sweep with the
+engine, recording activation RMS at every step.
+"""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from sweepjax.config import Config, ConfigError
+
+
+def coordcheck_config(cfg: Config, steps: int) -> Config:
+    """``cfg`` trained for ``steps`` steps, activations recorded at every step, under both SP and muP.
+
+    ``model.parameterization`` is swept over [sp, mup] unless the config sweeps it already.
+    """
+    if cfg.model.family != "transformer":
+        raise ConfigError(f"model.family = {cfg.model.family!r}: the coordinate check is for transformers")
+    if len(cfg.sweep.get("model.width", [])) < 2:
+        raise ConfigError("sweep.model.width: the coordinate check needs at least two widths")
+    if steps < 1:
+        raise ConfigError(f"--steps {steps}: must be >= 1")
+    new = cfg.with_values({"train.steps": steps, "train.chunk_steps": steps, "eval.points": steps,
+                           "eval.activations": True, "eval.save_params": False})
+    new.sweep = dict(cfg.sweep)
+    new.sweep.setdefault("model.parameterization", ["sp", "mup"])
+    return new
+
+
+def spread(ds: xr.Dataset, step: int | None = None) -> xr.DataArray:
+    """Largest / smallest activation RMS over widths at ``step`` (default: the last), per parameterization and probe.
+
+    Each width's value is the median over every other sweep dim (seeds ...). 1 means perfectly flat.
+    """
+    act = ds["activation_rms"].isel(eval_step=-1) if step is None else ds["activation_rms"].sel(eval_step=step)
+    keep = {"width", "parameterization", "probe"}
+    act = act.median([d for d in act.dims if d not in keep])
+    return act.max("width") / act.min("width")
+
+
+def describe(ds: xr.Dataset) -> str:
+    """A table of the spread over widths at the first step, the second and the last."""
+    steps = ds["eval_step"].values
+    chosen = list(dict.fromkeys([int(steps[0]), int(steps[min(1, len(steps) - 1)]), int(steps[-1])]))
+    widths = ds["width"].values
+    lines = [f"activation RMS, largest / smallest over widths {widths.min()}..{widths.max()} "
+             f"({widths.max() / widths.min():g}x), median over seeds",
+             "| parameterization | probe | " + " | ".join(f"step {s}" for s in chosen) + " |",
+             "|---|---|" + "---|" * len(chosen)]
+    tables = [spread(ds, s) for s in chosen]
+    for p in np.atleast_1d(ds["parameterization"].values):
+        for probe in ds["probe"].values:
+            vals = " | ".join(f"{float(t.sel(parameterization=p, probe=probe)):.2f}" for t in tables)
+            lines.append(f"| {p} | {probe} | {vals} |")
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""Transformer family on the Markov task: padding invariance, causality, muP, counting, precision."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sweepjax.analysis.coordcheck import coordcheck_config, spread
+from sweepjax.config import ConfigError, build_config
+from sweepjax.engine import run_sweep
+from sweepjax.models import count, make_model
+
+TASK = {"name": "markov", "vocab": 8, "context": 8, "batch_size": 8, "test_size": 16}
+
+
+def config(sweep: dict, model: dict | None = None, train: dict | None = None, task: dict | None = None, **sections):
+    raw = {"task": {**TASK, **(task or {})},
+           "model": {"family": "transformer", "depth": 1, "heads": 2, **(model or {})},
+           "train": {"steps": 12, "chunk_steps": 5, "lr": 1e-2, **(train or {})},
+           "eval": {"points": 4}, "run": {"max_padding_waste": 0}, **sections, "sweep": sweep}
+    return build_config(raw)
+
+
+def run(sweep, **kw):
+    return run_sweep(config(sweep, **kw), log=None)[0]
+
+
+def jaxpr_matmul_flops(jaxpr) -> int:
+    """2 x multiply-adds of every dot_general in a (closed) jaxpr, through scans and sub-jaxprs."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+            a, b = (v.aval.shape for v in eqn.invars)
+            out = math.prod(eqn.outvars[0].aval.shape)
+            total += 2 * out * math.prod(a[i] for i in lc)
+        for p in eqn.params.values():
+            subs = p if isinstance(p, (list, tuple)) else [p]
+            for sub in subs:
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    n = inner if hasattr(inner, "eqns") else inner.jaxpr
+                    total += jaxpr_matmul_flops(n) * (eqn.params["length"] if eqn.primitive.name == "scan" else 1)
+    return total
+
+
+def model_and_params(cfg, sizes, padded=None):
+    """The group's flax module padded to ``padded`` (default: the member's own sizes) and its init params."""
+    model = make_model(cfg, padded or sizes)
+    s = {k: jnp.int32(v) for k, v in sizes.items()}
+    params = model.init({"params": jax.random.key(0)}, jnp.zeros((1, cfg.task.context), jnp.int32), s)["params"]
+    return model, params, s
+
+
+VARIANTS = [
+    {"norm": "layernorm", "positions": "learned", "activation": "gelu"},
+    {"norm": "rmsnorm", "positions": "rotary", "tie_embeddings": True, "parameterization": "mup",
+     "depth_scaling": "inv_sqrt", "base_width": 8, "activation": "relu2"},
+]
+
+
+@pytest.mark.parametrize("model", VARIANTS, ids=["layernorm-learned-sp", "rmsnorm-rotary-tied-mup"])
+def test_padding_invariance_width_heads_mlp_depth(model):
+    """A (width 8, 2 heads, MLP x2, 1 layer) member alone equals it inside a sweep padded to width 48,
+    4 heads of 24 dims, MLP 144 and 3 layers, in float32."""
+    member = {"model.width": [8], "model.heads": [2], "model.mlp_ratio": [2], "model.depth": [1]}
+    alone = run(member, model=model)
+    padded = run({"model.width": [8, 48], "model.heads": [2, 4], "model.mlp_ratio": [2, 3], "model.depth": [1, 3]},
+                 model=model)
+    sel = dict(width=8, heads=2, mlp_ratio=2, depth=1)
+    for k in ("train_loss", "test_loss"):
+        a, b = alone[k].sel(**sel).values, padded[k].sel(**sel).values
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(b, a, rtol=2e-5, err_msg=k)
+    big = padded["final_test_loss"].sel(width=48, heads=4, mlp_ratio=3, depth=3)
+    assert not np.allclose(big, alone["final_test_loss"].sel(**sel))
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_causality(positions):
+    """Changing tokens after position t never changes the outputs at positions <= t (padded model too)."""
+    cfg = config({}, model={"positions": positions}, task={"context": 12})
+    sizes = {"width": 8, "depth": 2, "heads": 2, "head_dim": 4, "mlp_hidden": 16}
+    padded = {"width": 16, "depth": 3, "heads": 4, "head_dim": 8, "mlp_hidden": 32}
+    model, params, s = model_and_params(cfg, sizes, padded)
+    tokens = jax.random.randint(jax.random.key(1), (3, 12), 0, 8)
+    base = model.apply({"params": params}, tokens, s)
+    for t in (0, 5, 10):
+        changed = tokens.at[:, t + 1:].set((tokens[:, t + 1:] + 3) % 8)
+        out = model.apply({"params": params}, changed, s)
+        np.testing.assert_array_equal(np.asarray(out[:, : t + 1]), np.asarray(base[:, : t + 1]))
+        assert not np.allclose(out[:, t + 1:], base[:, t + 1:])
+
+
+@pytest.mark.parametrize("model", [
+    {"norm": "layernorm", "positions": "learned"},
+    {"norm": "rmsnorm", "positions": "rotary", "tie_embeddings": True, "head_size": 4},
+], ids=["untied-learned", "tied-rotary-headsize"])
+def test_counts_match_the_program(model):
+    """Parameter counts equal the arrays of an unpadded model; forward FLOPs equal its jaxpr's matmuls."""
+    cfg = config({}, model={**model, "mlp_ratio": 3}, task={"vocab": 11, "context": 6})
+    sizes = {"width": 12, "depth": 2, "heads": 3, "head_dim": 4, "mlp_hidden": 36}
+    model_, params, s = model_and_params(cfg, sizes)
+    c = count(cfg, sizes)
+    assert c["n_params"] == sum(p.size for p in jax.tree.leaves(params))
+    embedding = params["embed"].size + (params["pos_embed"].size if "pos_embed" in params else 0)
+    readout = params["readout"].size if "readout" in params else 0
+    assert c["n_params_non_embedding"] == c["n_params"] - embedding - readout
+    tokens = jnp.zeros((5, 6), jnp.int32)
+    jaxpr = jax.make_jaxpr(lambda p: model_.apply({"params": p}, tokens, s))(params)
+    assert jaxpr_matmul_flops(jaxpr.jaxpr) == c["forward_flops_per_token"] * tokens.size
+
+
+def test_mup_learning_rates_and_readout():
+    """One Adam step moves hidden matrices by lr/m and embeddings by lr (m = width / base_width); SP: lr everywhere."""
+    lr = 1e-2
+    ds = run({"model.width": [8, 32], "model.parameterization": ["sp", "mup"]},
+             model={"base_width": 8, "norm": "layernorm"}, train={"steps": 1, "chunk_steps": 1, "lr": lr},
+             eval={"points": 1, "save_params": True})
+    for p in ("sp", "mup"):
+        for w in (8, 32):
+            m = w / 8 if p == "mup" else 1.0
+            sel = dict(width=w, parameterization=p)
+            step = lambda name: float(np.nanmax(np.abs(ds[f"param.{name}"].sel(**sel).values
+                                                       - ds[f"param.init.{name}"].sel(**sel).values)))
+            for name in ("wq", "w1", "w2", "wo"):
+                assert step(name) == pytest.approx(lr / m, rel=1e-3), (p, w, name)
+            for name in ("embed", "readout", "ln1_gain"):
+                assert step(name) == pytest.approx(lr, rel=1e-3), (p, w, name)
+
+
+def test_coordinate_check_flat_under_mup_drifting_under_sp():
+    """Across widths 16..256, hidden activation sizes after 4 Adam steps stay within 1.6x under muP;
+    under SP the spread is over 3x muP's and grows with the steps."""
+    raw = config({"model.width": [16, 32, 64, 128, 256], "seed": [0]},
+                 model={"norm": "layernorm", "depth": 2, "head_size": 8, "mlp_ratio": 4, "base_width": 16},
+                 task={"vocab": 16, "context": 8, "batch_size": 8, "test_size": 8})
+    ds = run_sweep(coordcheck_config(raw, 4), log=None)[0]
+    first, last = spread(ds, 1), spread(ds)
+    for probe in ("attn_out", "mlp_out", "residual"):
+        mup, sp = float(last.sel(parameterization="mup", probe=probe)), float(last.sel(parameterization="sp", probe=probe))
+        assert mup < 1.6, (probe, mup)
+        assert sp > 3 * mup, (probe, sp, mup)
+        assert sp > float(first.sel(parameterization="sp", probe=probe)), probe
+    # the embedding is width-independent under both
+    assert float(last.sel(probe="embed").max()) < 1.2
+
+
+def test_markov_loss_approaches_entropy_rate():
+    """A 1-layer width-32 transformer reaches within 0.03 nats of the chain's entropy rate; counts are stored."""
+    ds = run({"seed": [0]}, model={"width": 32, "heads": 2}, train={"steps": 300, "chunk_steps": 300, "lr": 3e-3},
+             task={"context": 16, "batch_size": 32, "test_size": 256})
+    h = float(ds["irreducible_loss"])
+    loss = float(ds["final_test_loss"].values[0])
+    start = float(ds["test_loss"].isel(eval_step=0).values[0])
+    assert start - h > 0.2  # it starts far away
+    assert -0.01 < loss - h < 0.03, (loss, h)
+    tokens = 300 * 32 * 16
+    assert float(ds["tokens"].values[0]) == tokens
+    n = float(ds["n_params_non_embedding"].values[0])
+    assert float(ds["train_flops_6nd"].values[0]) == 6 * n * tokens
+    assert float(ds["train_flops"].values[0]) > float(ds["train_flops_6nd"].values[0])  # readout + attention
+
+
+def test_bf16_matmuls_train_like_float32():
+    """bf16 matmuls (float32 params and Adam state) track the float32 run to a few percent."""
+    ds32 = run({"seed": [0, 1]}, model={"width": 16}, train={"steps": 60, "chunk_steps": 60})
+    ds16 = run({"seed": [0, 1]}, model={"width": 16}, train={"steps": 60, "chunk_steps": 60, "precision": "bf16"})
+    a, b = ds32["final_test_loss"].values, ds16["final_test_loss"].values
+    assert not np.array_equal(a, b)  # really a different program
+    np.testing.assert_allclose(b, a, rtol=0.05)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"model": {"family": "transformer"}}, "trains on task 'markov'"),
+    ({"task": {"name": "markov"}}, "trains on task 'regression-1d'"),
+    ({"model": {"family": "transformer", "width": 30}, "task": {"name": "markov"}}, "multiple of heads"),
+    ({"model": {"family": "transformer", "head_size": 5}, "task": {"name": "markov"}}, "multiple of the head size"),
+    ({"model": {"family": "transformer", "width": 12, "heads": 2, "positions": "rotary"}, "task": {"name": "markov"},
+      "sweep": {"model.width": [12, 6]}}, "even head size"),
+    ({"model": {"family": "transformer", "parameterization": "mup"}, "task": {"name": "markov"},
+      "train": {"optimizer": "sgd"}}, "Adam ones"),
+    ({"model": {"family": "transformer"}, "task": {"name": "markov"}, "eval": {"save_predictions": True}},
+     "regression-1d only"),
+    ({"task": {"name": "markov", "sparsity": 1.0}, "model": {"family": "transformer"}}, "must be < 1"),
+])
+def test_transformer_config_errors(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(raw)
