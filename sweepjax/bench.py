@@ -4,7 +4,7 @@ One workload, three ways, in one process:
   (a) the engine: all members as vmapped, bucketed, jitted programs;
   (b) the same members one at a time, each a jitted JAX loop at its true size (the engine's own
       program with a single member, so the losses must match (a) to float rounding);
-  (c) the same members one at a time in PyTorch eager mode (skipped when torch is absent).
+  (c) the same members one at a time in PyTorch eager mode (MLP workloads; skipped when torch is absent).
 (b) and (c) time one member of each distinct shape (a member's cost depends only on its shape) and
 weight each shape by how many members have it, so their rates stand for the whole sweep.
 """
@@ -40,6 +40,17 @@ WORKLOADS = {
          "sweep": {"seed": [0, 1, 2], "model.depth": [2, 4, 8, 16, 32, 64], "model.width": [32, 64, 128, 256]}},
         {"train.steps": 100, "train.chunk_steps": 100, "task.batch_size": 128,
          "sweep.seed": [0, 1], "sweep.model.depth": [2, 4, 8], "sweep.model.width": [16, 32, 64]},
+    ),
+    "transformer": (
+        {"task": {"name": "markov", "vocab": 64, "context": 64, "batch_size": 64, "test_size": 64},
+         "model": {"family": "transformer", "depth": 2, "head_size": 16, "mlp_ratio": 4, "norm": "layernorm",
+                   "activation": "gelu"},
+         "train": {"optimizer": "adam", "lr": 1e-3, "steps": 1_000, "chunk_steps": 500, "precision": "bf16"},
+         "eval": {"points": 5},
+         "sweep": {"seed": {"range": [0, 8]}, "model.width": [64, 128, 256, 512]}},
+        {"train.steps": 40, "train.chunk_steps": 40, "train.precision": "float32", "task.context": 32,
+         "task.batch_size": 16, "task.test_size": 16, "model.head_size": 8,
+         "sweep.seed": [0, 1], "sweep.model.width": [16, 32, 64]},
     ),
 }
 
@@ -91,20 +102,34 @@ class Way:
     final_losses: dict[int, float]  # flat member index -> final test loss
 
 
-def run_engine(cfg: Config) -> tuple[Way, float]:
-    """(a): every bucket as one program; returns the result and the padding waste."""
+@dataclass
+class Bucket:
+    label: str
+    members: int
+    member_steps_per_s: float
+    model_flops_per_s: float       # true-size model FLOPs of the bucket's members per second
+    padding_waste: float
+
+
+def run_engine(cfg: Config) -> tuple[Way, float, list[Bucket]]:
+    """(a): every bucket as one program; returns the result, the padding waste and per-bucket rates."""
     grid = build_grid(cfg)
-    losses, run_s, compile_s, executed, needed = {}, 0.0, 0.0, 0.0, 0.0
+    losses, run_s, compile_s, executed, needed, buckets = {}, 0.0, 0.0, 0.0, 0.0, []
     for g in grid.groups:
         out = run_group(g.config, g, log=None)
         run_s += out.run_s
         compile_s += out.compile_s
         for i, loss in zip(g.index, out.test_loss[:, -1]):
             losses[int(i)] = float(loss)
-        needed += sum(train_flops(g.config, s) for s in member_rows(g))
+        bucket_needed = sum(train_flops(g.config, s) for s in member_rows(g))
+        needed += bucket_needed
         executed += g.size * train_flops(g.config, padded_sizes(g.sizes()))
+        steps = cfg.train.steps + 1
+        buckets.append(Bucket(g.label(), g.size, g.size * steps / out.run_s, bucket_needed * steps / out.run_s,
+                              g.padding_waste()))
     steps = grid.n_members * (cfg.train.steps + 1)
-    return Way("engine (vmapped, bucketed)", steps / run_s, compile_s, grid.n_members, losses), executed / needed
+    way = Way("engine (vmapped, bucketed)", steps / run_s, compile_s, grid.n_members, losses)
+    return way, executed / needed, buckets
 
 
 def run_one_at_a_time(cfg: Config, rows: list[tuple]) -> Way:
@@ -121,6 +146,8 @@ def run_one_at_a_time(cfg: Config, rows: list[tuple]) -> Way:
 
 def run_torch(cfg: Config, rows: list[tuple]) -> Way | None:
     """(c): each member alone in PyTorch eager mode (the loop written by hand), or None without torch."""
+    if cfg.model.family != "mlp":
+        return None
     try:
         import torch
     except ImportError:
@@ -189,34 +216,40 @@ def benchmark(name: str, small: bool, overrides=()) -> Report:
     cfg = workload_config(name, small, overrides)
     grid = build_grid(cfg)
     rows = shape_representatives(grid)
-    engine, waste = run_engine(cfg)
+    engine, waste, buckets = run_engine(cfg)
     ways = [engine, run_one_at_a_time(cfg, rows), run_torch(cfg, rows)]
     peak, peak_kind = peak_memory_bytes()
-    ceiling = matmul_ceiling()
+    compute = jnp.bfloat16 if cfg.train.precision == "bf16" else jnp.float32
+    ceiling = matmul_ceiling(compute)
     flops_needed = np.mean([train_flops(g.config, s) for g in grid.groups for s in member_rows(g)])
     lines = [f"### {name} ({'CPU-sized' if small else 'full size'}): {grid.n_members} members, "
              f"{cfg.train.steps} steps, batch {cfg.task.batch_size}, {len(grid.groups)} bucket(s)",
              f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}", "",
-             "| way | members timed | model-steps/s | samples/s | compile s (total) | engine speedup |",
+             "| way | members timed | model-steps/s | samples (tokens)/s | compile s (total) | engine speedup |",
              "|---|---|---|---|---|---|"]
     for w in ways:
         if w is None:
-            lines.append("| one member at a time, PyTorch eager | - | skipped: torch not installed | | | |")
+            why = "torch not installed" if cfg.model.family == "mlp" else "MLP workloads only"
+            lines.append(f"| one member at a time, PyTorch eager | - | skipped: {why} | | | |")
             continue
         lines.append(f"| {w.name} | {w.members_timed} | {w.member_steps_per_s:,.0f} | "
-                     f"{w.member_steps_per_s * cfg.task.batch_size:,.0f} | {w.compile_s:.1f} | "
+                     f"{w.member_steps_per_s * tokens_per_step(cfg):,.0f} | {w.compile_s:.1f} | "
                      f"{engine.member_steps_per_s / w.member_steps_per_s:,.1f}x |")
     lines.append(f"\n(one-at-a-time rows time one member per distinct shape, weighted by the members of that "
                  f"shape; model-steps count every member-step of the sweep, the final evaluation step included)")
     achieved = engine.member_steps_per_s * flops_needed
     diffs = [abs(ways[1].final_losses[i] / engine.final_losses[i] - 1) for i in ways[1].final_losses]
     lines += ["",
-              f"- achieved model FLOP/s (true sizes, 3 x forward matmul FLOPs x batch): {achieved:.3g}; measured f32 matmul "
-              f"ceiling {ceiling:.3g} FLOP/s -> {achieved / ceiling:.1%} of it",
+              f"- achieved model FLOP/s (true sizes, 3 x forward matmul FLOPs x batch): {achieved:.3g}; measured "
+              f"{jnp.dtype(compute).name} matmul ceiling {ceiling:.3g} FLOP/s -> {achieved / ceiling:.1%} of it (MFU)",
               f"- padding waste (FLOPs executed / FLOPs needed): {waste:.2f}x",
               f"- {peak_kind} memory: {peak / 2**20:,.0f} MiB",
               f"- same losses: max relative difference of final test loss, engine vs one-at-a-time JAX, "
               f"over the {len(diffs)} timed members: {max(diffs):.2e}"]
+    lines += ["", "| bucket | members | model-steps/s | model FLOP/s | MFU | padding waste |", "|---|---|---|---|---|---|"]
+    lines += [f"| {b.label} | {b.members} | {b.member_steps_per_s:,.0f} | {b.model_flops_per_s:.3g} | "
+              f"{b.model_flops_per_s / ceiling:.1%} | {b.padding_waste:.2f}x |" for b in buckets]
+    lines.append("(per bucket: its training loop's wall time, compile excluded; MFU against the matmul ceiling above)")
     if ways[2] is not None:
         e = np.median([engine.final_losses[i] for i in ways[2].final_losses])
         tq = np.median(list(ways[2].final_losses.values()))

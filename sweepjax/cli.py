@@ -1,4 +1,4 @@
-"""Command line: ``sweepjax run | fit | plot | info``.
+"""Command line: ``sweepjax run | coordcheck | fit | plot | bench | info``.
 
 User mistakes (bad config, bad paths) print one ``error:`` line and exit with code 2.
 """
@@ -175,6 +175,27 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_coordcheck(args: argparse.Namespace) -> int:
+    """Train the config's widths for a few steps under SP and muP; table of activation spreads and a figure."""
+    import jax
+
+    from sweepjax import results
+    from sweepjax.analysis.coordcheck import coordcheck_config, describe
+    from sweepjax.config import load_config
+    from sweepjax.engine import run_sweep
+    from sweepjax.plots import plot_coordcheck
+    cfg = coordcheck_config(load_config(args.config, args.set, on_cpu=jax.default_backend() == "cpu"), args.steps)
+    cfg.name = f"{cfg.name}-coordcheck"
+    out = Path(args.out or Path("runs") / cfg.name)
+    _check_out(out, overwrite=True)
+    ds, manifest = run_sweep(cfg)
+    manifest["command"] = " ".join(["sweepjax"] + sys.argv[1:])
+    results.save(ds, cfg, out, manifest)
+    print(describe(ds))
+    print(f"figure: {plot_coordcheck(ds, out / 'coordcheck.png')}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Devices and versions."""
     import jax
@@ -224,6 +245,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--small", action="store_true", help="CPU-sized version of the workload")
     b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     b.set_defaults(func=cmd_bench)
+    c = sub.add_parser("coordcheck", help="activation sizes across widths after a few steps, SP vs muP")
+    c.add_argument("config")
+    c.add_argument("--steps", type=int, default=4, help="training steps (activations recorded after each)")
+    c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    c.add_argument("--out", help="results directory (default: runs/<config name>-coordcheck)")
+    c.set_defaults(func=cmd_coordcheck)
     i = sub.add_parser("info", help="devices and versions")
     i.set_defaults(func=cmd_info)
     from sweepjax.fit.cli import add_fit_parser, run_fit

@@ -12,7 +12,7 @@ import xarray as xr  # noqa: E402
 
 from sweepjax.analysis.ensemble import ensemble_vs_wide  # noqa: E402
 from sweepjax.analysis.mirror import mirror_distances  # noqa: E402
-from sweepjax.analysis.scaling import slices  # noqa: E402
+from sweepjax.analysis.scaling import fitted_loss, slices  # noqa: E402
 
 
 def _name(sel: dict) -> str:
@@ -36,8 +36,9 @@ def _width_ticks(ax, widths) -> None:
 def plot_scaling(ds: xr.Dataset, rows: list[dict], path: Path) -> Path:
     """Median final test loss vs width (IQR band over seeds), fitted power law, N^-1 and N^-4 guides."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    target, label = fitted_loss(ds)
     for i, row in enumerate(rows):
-        da = ds["final_test_loss"].sel(**row["slice"]) if row["slice"] else ds["final_test_loss"]
+        da = target.sel(**row["slice"]) if row["slice"] else target
         w = da["width"].values
         q = np.nanpercentile(da.transpose("seed", "width").values, [25, 50, 75], axis=0) if "seed" in da.dims \
             else np.stack([da.values] * 3)
@@ -54,7 +55,7 @@ def plot_scaling(ds: xr.Dataset, rows: list[dict], path: Path) -> Path:
         xs = np.array([x0, ds["width"].values.max()])
         for p, style in ((1, ":"), (4, "--")):
             ax.plot(xs, y0 * (xs / x0) ** -p, "k" + style, lw=1, label=f"N^-{p} guide")
-    ax.set(xscale="log", yscale="log", xlabel="width N", ylabel="final test MSE", title="Loss vs width")
+    ax.set(xscale="log", yscale="log", xlabel="width N", ylabel=label, title="Loss vs width")
     _width_ticks(ax, ds["width"].values)
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -130,3 +131,31 @@ def make_figures(ds: xr.Dataset, rows: list[dict], outdir: str | Path) -> list[P
         act = {"activation": "silu"} if "activation" in ds.dims and "silu" in ds["activation"].values else {}
         made.append(plot_mirror(ds, outdir / "mirror_pairs.png", **act))
     return made
+
+
+def plot_coordcheck(ds: xr.Dataset, path: Path) -> Path:
+    """Activation RMS vs width, one panel per (parameterization, probe), one line per training step."""
+    pars, probes = list(np.atleast_1d(ds["parameterization"].values)), list(ds["probe"].values)
+    act = ds["activation_rms"]
+    act = act.median([d for d in act.dims if d not in ("width", "parameterization", "probe", "eval_step")])
+    steps, widths = ds["eval_step"].values, ds["width"].values
+    fig, axes = plt.subplots(len(pars), len(probes), figsize=(2.6 * len(probes), 2.4 * len(pars)),
+                             sharex=True, sharey="col", squeeze=False)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(steps)))
+    for r, p in enumerate(pars):
+        for c, probe in enumerate(probes):
+            ax = axes[r, c]
+            for color, step in zip(colors, steps):
+                ax.plot(widths, act.sel(parameterization=p, probe=probe, eval_step=step).values, "o-",
+                        color=color, ms=3, lw=1, label=f"step {step}")
+            column = act.sel(probe=probe).values
+            lo, hi = np.nanmin(column), np.nanmax(column)
+            ax.set(xscale="log", yscale="log", title=f"{p}: {probe}", ylim=(lo / 2, hi * 2))
+            _width_ticks(ax, widths)
+            if c == 0:
+                ax.set_ylabel("activation RMS")
+            if r == len(pars) - 1:
+                ax.set_xlabel("width (d_model)")
+    axes[0, -1].legend(fontsize=6)
+    fig.suptitle("Coordinate check: flat in width under muP, drifting under SP", fontsize=10)
+    return _save(fig, path)

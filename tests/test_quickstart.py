@@ -40,3 +40,24 @@ def test_quickstart_end_to_end(tmp_path):
     assert rows["relu"]["alpha"] > rows["silu"]["alpha"] > 0
     for name in ("scaling.png", "loss_histogram_width2.png", "ensemble_vs_wide.png", "mirror_pairs.png"):
         assert (out / "figures" / name).stat().st_size > 10_000, name
+
+
+def test_transformer_markov_config_end_to_end(tmp_path):
+    """configs/transformer_markov.toml through the CLI (its [on_cpu] sizes, 150 steps, one padded program
+    per parameterization): SP and muP
+    programs, loss falls toward the entropy rate and with width, counts and the fit are saved."""
+    out = tmp_path / "tm"
+    args = ["run", str(ROOT / "configs" / "transformer_markov.toml"), "--out", str(out),
+            "--set", "train.steps=150", "--set", "run.max_padding_waste=0", "--set", "run.bootstrap=50"]
+    assert main(args) == 0
+    with xr.open_dataset(out / "results.nc", engine="h5netcdf") as ds:
+        ds = ds.load()
+    assert set(ds["parameterization"].values) == {"sp", "mup"} and not ds["diverged"].any()
+    excess = (ds["final_test_loss"] - ds["irreducible_loss"]).median("seed")
+    start = ds["test_loss"].isel(eval_step=0) - ds["irreducible_loss"]
+    assert (excess > 0).all() and (excess < start.min()).all()
+    assert (excess.sel(width=64) < excess.sel(width=16)).all()
+    assert (ds["train_flops"] > ds["train_flops_6nd"]).all() and (ds["n_params_non_embedding"] < ds["n_params"]).all()
+    rows = json.loads((out / "fit.json").read_text())
+    assert {r["slice"]["parameterization"] for r in rows} == {"sp", "mup"}
+    assert (out / "figures" / "scaling.png").is_file()

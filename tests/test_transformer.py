@@ -190,3 +190,11 @@ def test_bf16_matmuls_train_like_float32():
 def test_transformer_config_errors(raw, message):
     with pytest.raises(ConfigError, match=message):
         build_config(raw)
+
+
+def test_transformer_too_big_for_memory_is_refused_before_compile():
+    from sweepjax.engine.sweep import check_memory
+    cfg = config({"model.width": [64, 8192]}, model={"depth": 48, "head_size": 64},
+                 task={"context": 2048, "batch_size": 64}, run={"max_padding_waste": 0, "memory_limit_gb": 1.0})
+    with pytest.raises(ConfigError, match="width 8192, depth 48 needs"):
+        check_memory(cfg)

@@ -15,9 +15,11 @@ from sweepjax.config import Config, ConfigError
 
 
 def coordcheck_config(cfg: Config, steps: int) -> Config:
-    """``cfg`` trained for ``steps`` steps, activations recorded at every step, under both SP and muP.
+    """``cfg`` trained for ``steps`` steps at its constant peak lr, activations recorded at every step,
+    under both SP and muP.
 
-    ``model.parameterization`` is swept over [sp, mup] unless the config sweeps it already.
+    ``model.parameterization`` is swept over [sp, mup] unless the config sweeps it already. All
+    widths share one padded program per parameterization (a few steps are cheap next to compiles).
     """
     if cfg.model.family != "transformer":
         raise ConfigError(f"model.family = {cfg.model.family!r}: the coordinate check is for transformers")
@@ -26,7 +28,8 @@ def coordcheck_config(cfg: Config, steps: int) -> Config:
     if steps < 1:
         raise ConfigError(f"--steps {steps}: must be >= 1")
     new = cfg.with_values({"train.steps": steps, "train.chunk_steps": steps, "eval.points": steps,
-                           "eval.activations": True, "eval.save_params": False})
+                           "train.schedule": "constant", "eval.activations": True, "eval.save_params": False,
+                           "run.max_padding_waste": 0.0})
     new.sweep = dict(cfg.sweep)
     new.sweep.setdefault("model.parameterization", ["sp", "mup"])
     return new

@@ -19,9 +19,17 @@ def slices(ds: xr.Dataset, keep: tuple[str, ...]) -> list[dict]:
     return [dict(zip(other, combo)) for combo in itertools.product(*(ds[d].values.tolist() for d in other))]
 
 
+def fitted_loss(ds: xr.Dataset) -> tuple[xr.DataArray, str]:
+    """The loss the width fit uses, and its axis label: the final test loss, minus the task's
+    irreducible loss when the results hold one (the Markov chain's entropy rate)."""
+    if "irreducible_loss" in ds:
+        return ds["final_test_loss"] - ds["irreducible_loss"], "final test loss - entropy rate (nats)"
+    return ds["final_test_loss"], "final test loss"
+
+
 def width_scaling(ds: xr.Dataset, form: str = "power_law", n_boot: int = 1000, seed: int = 0,
                   min_width: int = 0, max_width: int = 0, level: float = 0.95) -> list[dict]:
-    """Fit median final test loss vs width for each slice; returns one dict per slice.
+    """Fit median final test loss (see :func:`fitted_loss`) vs width for each slice; one dict per slice.
 
     Each dict: ``slice`` (coords), ``widths``, ``median_loss``, ``params`` (fitted, natural units),
     ``alpha``, ``alpha_ci`` (percentile bootstrap over seeds at ``level``; None if n_boot = 0 or
@@ -29,8 +37,9 @@ def width_scaling(ds: xr.Dataset, form: str = "power_law", n_boot: int = 1000, s
     and widths whose seeds all diverged are left out of the fit.
     """
     rows = []
+    target, label = fitted_loss(ds)
     for sel in slices(ds, ("seed", "width")):
-        da = ds["final_test_loss"].sel(**sel) if sel else ds["final_test_loss"]
+        da = target.sel(**sel) if sel else target
         w = da["width"].values
         keep = (w >= min_width) & ((w <= max_width) if max_width else True)
         da = da.isel(width=np.flatnonzero(keep))
@@ -45,7 +54,7 @@ def width_scaling(ds: xr.Dataset, form: str = "power_law", n_boot: int = 1000, s
             ci = tuple(float(v) for v in boot.ci("alpha"))
         rows.append({"slice": sel, "form": form, "widths": x.tolist(), "median_loss": med.tolist(),
                      "params": {k: float(v) for k, v in res.params.items()}, "alpha": float(res.params["alpha"]),
-                     "alpha_ci": ci, "level": level, "converged": bool(res.converged)})
+                     "alpha_ci": ci, "level": level, "converged": bool(res.converged), "loss": label})
     return rows
 
 
@@ -56,5 +65,5 @@ def describe(row: dict) -> str:
           if row["alpha_ci"] else "")
     flag = "" if row["converged"] else "  (fit did NOT converge)"
     w = row["widths"]
-    return (f"{name}: loss ~ width^-alpha, alpha = {row['alpha']:.3f}{ci}, "
+    return (f"{name}: {row.get('loss', 'loss')} ~ width^-alpha, alpha = {row['alpha']:.3f}{ci}, "
             f"widths {w[0]:g}-{w[-1]:g}, form {row['form']}{flag}")
