@@ -241,7 +241,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("dir")
     pl.set_defaults(func=cmd_plot)
     b = sub.add_parser("bench", help="throughput: engine vs one-at-a-time JAX vs PyTorch eager")
-    b.add_argument("--workload", choices=["lottery", "residual-depth", "all"], default="lottery")
+    b.add_argument("--workload", choices=["lottery", "residual-depth", "transformer", "all"], default="lottery")
     b.add_argument("--small", action="store_true", help="CPU-sized version of the workload")
     b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     b.set_defaults(func=cmd_bench)

@@ -43,12 +43,12 @@ def test_quickstart_end_to_end(tmp_path):
 
 
 def test_transformer_markov_config_end_to_end(tmp_path):
-    """configs/transformer_markov.toml through the CLI (its [on_cpu] sizes, 150 steps, one padded program
+    """configs/transformer_markov.toml through the CLI (its [on_cpu] sizes, 80 steps, one padded program
     per parameterization): SP and muP
     programs, loss falls toward the entropy rate and with width, counts and the fit are saved."""
     out = tmp_path / "tm"
     args = ["run", str(ROOT / "configs" / "transformer_markov.toml"), "--out", str(out),
-            "--set", "train.steps=150", "--set", "run.max_padding_waste=0", "--set", "run.bootstrap=50"]
+            "--set", "train.steps=80", "--set", "run.max_padding_waste=0", "--set", "run.bootstrap=50"]
     assert main(args) == 0
     with xr.open_dataset(out / "results.nc", engine="h5netcdf") as ds:
         ds = ds.load()
