@@ -53,7 +53,8 @@ def plot_scaling(ds: xr.Dataset, rows: list[dict], path: Path) -> Path:
     if rows:
         x0, y0 = rows[0]["widths"][0], rows[0]["median_loss"][0]
         xs = np.array([x0, ds["width"].values.max()])
-        for p, style in ((1, ":"), (4, "--")):
+        guides = ((1, ":"),) if "irreducible_loss" in ds else ((1, ":"), (4, "--"))  # N^-4: the lottery study's
+        for p, style in guides:
             ax.plot(xs, y0 * (xs / x0) ** -p, "k" + style, lw=1, label=f"N^-{p} guide")
     ax.set(xscale="log", yscale="log", xlabel="width N", ylabel=label, title="Loss vs width")
     _width_ticks(ax, ds["width"].values)
