@@ -66,11 +66,6 @@ def train_flops(cfg: Config, sizes: dict[str, int]) -> float:
     return 3.0 * count(cfg, sizes)["forward_flops_per_token"] * tokens_per_step(cfg)
 
 
-def member_rows(g) -> list[dict[str, int]]:
-    """Each member's true sizes in group ``g``, as dicts."""
-    sizes = g.sizes()
-    return [dict(zip(sizes, shape)) for shape in g.shapes()]
-
 
 def matmul_ceiling(dtype=jnp.float32) -> float:
     """Measured FLOP/s of a large square matmul on the default device (the roofline's compute peak)."""
@@ -121,7 +116,7 @@ def run_engine(cfg: Config) -> tuple[Way, float, list[Bucket]]:
         compile_s += out.compile_s
         for i, loss in zip(g.index, out.test_loss[:, -1]):
             losses[int(i)] = float(loss)
-        bucket_needed = sum(train_flops(g.config, s) for s in member_rows(g))
+        bucket_needed = sum(train_flops(g.config, s) for s in g.member_sizes())
         needed += bucket_needed
         executed += g.size * train_flops(g.config, padded_sizes(g.sizes()))
         steps = cfg.train.steps + 1
@@ -221,7 +216,7 @@ def benchmark(name: str, small: bool, overrides=()) -> Report:
     peak, peak_kind = peak_memory_bytes()
     compute = jnp.bfloat16 if cfg.train.precision == "bf16" else jnp.float32
     ceiling = matmul_ceiling(compute)
-    flops_needed = np.mean([train_flops(g.config, s) for g in grid.groups for s in member_rows(g)])
+    flops_needed = np.mean([train_flops(g.config, s) for g in grid.groups for s in g.member_sizes()])
     lines = [f"### {name} ({'CPU-sized' if small else 'full size'}): {grid.n_members} members, "
              f"{cfg.train.steps} steps, batch {cfg.task.batch_size}, {len(grid.groups)} bucket(s)",
              f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}", "",

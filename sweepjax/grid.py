@@ -43,6 +43,11 @@ class Group:
         """Each member's true sizes as a tuple (members of equal shape cost the same)."""
         return list(zip(*(v.tolist() for v in self.sizes().values())))
 
+    def member_sizes(self) -> list[dict[str, int]]:
+        """Each member's true sizes as a dict (size key -> int)."""
+        keys = list(self.sizes())
+        return [dict(zip(keys, shape)) for shape in self.shapes()]
+
     def subset(self, rows: np.ndarray) -> "Group":
         """The members at positions ``rows`` of this group, as a group of their own."""
         return Group(self.structural, self.config, self.index[rows], {k: v[rows] for k, v in self.values.items()})
@@ -53,10 +58,8 @@ class Group:
 
     def padding_waste(self) -> float:
         """FLOPs executed / FLOPs the true sizes need, when every member is padded to the group max."""
-        sizes = self.sizes()
-        keys = list(sizes)
-        true = sum(self.cost(dict(zip(keys, shape))) for shape in self.shapes())
-        return self.size * self.cost(padded_sizes(sizes)) / true
+        true = sum(self.cost(s) for s in self.member_sizes())
+        return self.size * self.cost(padded_sizes(self.sizes())) / true
 
 
 @dataclass

@@ -26,7 +26,7 @@ def member_bytes(cfg: Config, padded: dict[str, int]) -> int:
     item = 8 if cfg.train.precision == "float64" else 4
     params = count(cfg, padded)["n_params"]
     opt = 2 * cfg.train.lbfgs_memory + 4 if cfg.train.optimizer == "lbfgs" else _OPT_COPIES[cfg.train.optimizer]
-    batch = cfg.task.grid_size if cfg.task.train_data == "grid" and cfg.model.family == "mlp" else cfg.task.batch_size
+    batch = cfg.task.grid_size if cfg.task.train_data == "grid" else cfg.task.batch_size
     acts = (batch + cfg.task.test_size / _ACT_BUFFERS) * family(cfg).activation_floats(cfg, padded)  # test: forward only
     return int(item * (params * (1 + _WORK_COPIES + opt) + acts))
 

@@ -238,7 +238,7 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
     are skipped on resume, the chunk in progress restarts from its latest checkpoint, and
     ``should_stop()`` turning true makes the run checkpoint and raise :class:`Interrupted`.
     """
-    padded = padded_sizes(member_sizes(cfg, group.values))
+    padded = padded_sizes(group.sizes())
     n = group.size
     with precision(cfg):
         program = GroupProgram(cfg, padded)
