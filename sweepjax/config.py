@@ -61,6 +61,7 @@ class ModelConfig:
     parameterization: str = "sp"     # "sp" (standard) or "mup" (maximal update, Adam rules, relative to base_width)
     base_width: int = 64             # muP: width at which muP and SP coincide (multiplier m = width / base_width)
     zero_readout: bool = False       # initialise the readout (unembedding) to zero
+    base_mlp_ratio: int = 0          # muP: MLP ratio of the base model (0: each member's own mlp_ratio)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class TrainConfig:
     weight_decay: float = 0.0        # adamw only
     momentum: float = 0.0            # sgd only
     lbfgs_memory: int = 10           # lbfgs history size
+    lbfgs_linesearch_steps: int = 30 # lbfgs: most backtracking steps per iteration (a hard bound)
     steps: int = 1000
     chunk_steps: int = 500           # steps per jitted chunk (progress, future checkpoints)
     precision: str = "float32"       # float32 | float64 (runs under jax x64) | bf16 (bf16 matmuls; float32 params and optimizer state)
@@ -82,6 +84,8 @@ class TrainConfig:
     adam_b2: float = 0.999           # adam/adamw second-moment decay
     adam_eps: float = 1e-8           # adam/adamw epsilon
     divergence_loss: float = 1e10    # a member whose train loss is non-finite or above this is flagged and frozen
+    divergence_factor: float = 1e4   # ... or above this many times its own initial train loss
+    decay_all: bool = False          # adamw: also decay biases, norm gains and embeddings (default: matrices only)
 
 
 @dataclass
@@ -147,13 +151,15 @@ MINIMUM: dict[str, tuple[float, bool]] = {
     "task.vocab": (2, True), "task.context": (1, True), "task.chain_seed": (0, True), "task.sparsity": (0, True),
     "task.temperature": (0, False), "model.heads": (1, True), "model.head_size": (0, True),
     "model.rope_base": (1, False), "model.base_width": (1, True), "train.adam_b1": (0, True),
-    "train.adam_b2": (0, True), "train.adam_eps": (0, True),
+    "train.adam_b2": (0, True), "train.adam_eps": (0, True), "model.base_mlp_ratio": (0, True),
+    "train.lbfgs_linesearch_steps": (1, True), "train.divergence_factor": (1, False),
 }
 MAXIMUM: dict[str, float] = {
     "train.final_lr_fraction": 1.0, "train.warmup_fraction": 1.0, "train.momentum": 1.0,
     "model.width": 2**20, "model.depth": 4096, "train.steps": 10**9, "task.batch_size": 10**8,
     "task.grid_size": 10**8, "task.test_size": 10**7, "model.mlp_ratio": 64, "run.memory_fraction": 1.0,
     "task.vocab": 4096, "task.context": 2**16, "model.heads": 4096, "model.head_size": 2**16,
+    "model.base_mlp_ratio": 64, "train.lbfgs_linesearch_steps": 1000,
 }
 # Upper bounds that are exclusive.
 BELOW: dict[str, float] = {"task.sparsity": 1.0, "train.adam_b1": 1.0, "train.adam_b2": 1.0}

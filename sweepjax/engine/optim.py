@@ -33,10 +33,11 @@ def make_optimizer(cfg: TrainConfig, lr: jax.Array) -> optax.GradientTransformat
     if cfg.optimizer == "lbfgs":
         return optax.lbfgs(memory_size=cfg.lbfgs_memory)
     sched = schedule(cfg, lr)
+    adam = dict(b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps)
     if cfg.optimizer == "adam":
-        return optax.adam(sched)
+        return optax.adam(sched, **adam)
     if cfg.optimizer == "adamw":
-        return optax.adamw(sched, weight_decay=cfg.weight_decay)
+        return optax.adamw(sched, weight_decay=cfg.weight_decay, **adam)
     return optax.sgd(sched, momentum=cfg.momentum or None)
 
 
