@@ -28,16 +28,25 @@ def schedule(cfg: TrainConfig, lr: jax.Array) -> optax.Schedule:
     return lambda step: lr * shape(step)
 
 
-def make_optimizer(cfg: TrainConfig, lr: jax.Array) -> optax.GradientTransformation:
-    """The optax transformation named by ``cfg.optimizer`` with peak learning rate ``lr``."""
+def make_optimizer(cfg: TrainConfig, lr: jax.Array, decayed: tuple[str, ...] = ()) -> optax.GradientTransformation:
+    """The optax transformation named by ``cfg.optimizer`` with peak learning rate ``lr``.
+
+    AdamW decays only the parameters named in ``decayed`` (the family's weight matrices) unless
+    ``cfg.decay_all``. L-BFGS uses a backtracking (Armijo) line search of at most
+    ``cfg.lbfgs_linesearch_steps`` trials, so every step ends: optax's default zoom search can loop
+    forever under vmap for a member whose objective is flat at rounding level.
+    """
     if cfg.optimizer == "lbfgs":
-        return optax.lbfgs(memory_size=cfg.lbfgs_memory)
+        search = optax.scale_by_backtracking_linesearch(max_backtracking_steps=cfg.lbfgs_linesearch_steps,
+                                                        store_grad=True)
+        return optax.lbfgs(memory_size=cfg.lbfgs_memory, linesearch=search)
     sched = schedule(cfg, lr)
     adam = dict(b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps)
     if cfg.optimizer == "adam":
         return optax.adam(sched, **adam)
     if cfg.optimizer == "adamw":
-        return optax.adamw(sched, weight_decay=cfg.weight_decay, **adam)
+        mask = None if cfg.decay_all else (lambda params: {k: k in decayed for k in params})
+        return optax.adamw(sched, weight_decay=cfg.weight_decay, mask=mask, **adam)
     return optax.sgd(sched, momentum=cfg.momentum or None)
 
 

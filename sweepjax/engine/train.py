@@ -95,8 +95,10 @@ class GroupProgram:
         return {
             **probes,
             "params": params,
-            "opt": make_optimizer(self.cfg.train, m["lr"]).init(params),
+            "opt": self._optimizer(m).init(params),
+            "init_loss": jnp.full((), jnp.nan, self.dtype),
             "diverged": jnp.zeros((), bool),
+            "converged": jnp.zeros((), bool),
             "diverged_step": jnp.full((), -1, jnp.int32),
             "train_loss": jnp.full((n_eval,), jnp.nan, self.dtype),
             "test_loss": jnp.full((n_eval,), jnp.nan, self.dtype),
@@ -120,18 +122,24 @@ class GroupProgram:
         stats = self._apply(params, xs[0], m, probes=True)[1]
         return jnp.stack([stats[k] for k in self.probes]).astype(self.dtype)
 
+    def _optimizer(self, m: dict) -> optax.GradientTransformation:
+        return make_optimizer(self.cfg.train, m["lr"], self.family.DECAYED)
+
     def _step_member(self, state: dict, t: jax.Array, slot: jax.Array, m: dict) -> dict:
         tc = self.cfg.train
-        tx = make_optimizer(tc, m["lr"])
+        tx = self._optimizer(m)
         x, y = self.task.train_batch(jax.random.key(m["data_seed"]), t, self.dtype)
 
         def loss_of(p):
             return self.task.loss(self._apply(p, x, m), y)
 
         params, opt = state["params"], state["opt"]
+        converged = state["converged"]
         if needs_value_fn(tc):
             loss, grads = optax.value_and_grad_from_state(loss_of)(params, state=opt)
             updates, new_opt = tx.update(grads, opt, params, value=loss, grad=grads, value_fn=loss_of)
+            # A line search that found no decrease means the member has converged (to rounding): freeze it.
+            converged = converged | (optax.tree_utils.tree_get(new_opt, "value") >= loss)
         else:
             loss, grads = jax.value_and_grad(loss_of)(params)
             updates, new_opt = tx.update(grads, opt, params)
@@ -140,11 +148,13 @@ class GroupProgram:
             updates = jax.tree.map(lambda u, f: u * f.astype(u.dtype), updates, scales)
         new_params = optax.apply_updates(params, updates)
 
-        # A member whose loss is non-finite or too large, or whose update would leave non-finite
-        # parameters, is flagged and frozen; the others go on.
-        diverged = state["diverged"] | ~jnp.isfinite(loss) | (loss > tc.divergence_loss)
+        # A member whose loss is non-finite, above the absolute limit or above divergence_factor x its
+        # own initial loss, or whose update would leave non-finite parameters, is flagged and frozen.
+        init_loss = jnp.where(t == 0, loss, state["init_loss"])
+        blown_up = (loss > tc.divergence_loss) | ((init_loss > 0) & (loss > tc.divergence_factor * init_loss))
+        diverged = state["diverged"] | ~jnp.isfinite(loss) | blown_up
         params_ok = tree_all_finite(new_params)
-        accept = ~diverged & params_ok & (t < tc.steps)
+        accept = ~diverged & ~converged & params_ok & (t < tc.steps)
         nan = jnp.full((), jnp.nan, self.dtype)
 
         def record(s):
@@ -162,7 +172,9 @@ class GroupProgram:
         return {**state,
                 "params": keep(new_params, params),
                 "opt": keep(new_opt, opt),
+                "init_loss": init_loss,
                 "diverged": diverged,
+                "converged": converged,
                 "diverged_step": jnp.where(diverged & (state["diverged_step"] < 0), t, state["diverged_step"])}
 
     def _predict_member(self, params, m):
@@ -283,10 +295,12 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
             run_s += r_s
             host.update({k: to_host(state[k])[: len(idx)]
                          for k in ("train_loss", "test_loss", "diverged", "diverged_step", "activations") if k in state})
+            # A diverged member's frozen parameters are its last finite ones, not a result: NaN them.
+            failed = lambda a: np.where(host["diverged"].reshape((-1,) + (1,) * (a.ndim - 1)), np.nan, a)
             if cfg.eval.save_predictions:
-                host["predictions"] = program.predict(state["params"], members)[: len(idx)]
+                host["predictions"] = failed(program.predict(state["params"], members)[: len(idx)])
             if cfg.eval.save_params:
-                host.update(host_params(state["params"], len(idx), prefix="params/"))
+                host.update({k: failed(v) for k, v in host_params(state["params"], len(idx), prefix="params/").items()})
             if store:
                 store.save_unit(unit, host)
             parts.append(host)

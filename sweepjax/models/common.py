@@ -2,7 +2,10 @@
 
 Padding invariance (DESIGN invariant 1) rests on three rules used by every family:
 
-* every parameter entry is drawn from a key folded with its own index, so the entries inside a
+* every parameter's key is the member's init key folded with a hash of the parameter's NAME
+  (:func:`named_param`), never flax's creation-order key, so which parameters exist in the
+  padded group (a hidden stack only when some member is deeper than 1, say) cannot shift it;
+* every parameter entry is drawn from that key folded with its own index, so the entries inside a
   member's true size are the same whatever the padded shape, and scaled by TRUE fan-ins;
 * entries outside the true size start at zero and activations of inactive units are multiplied
   by zero, so their gradients are exactly zero and they stay zero under every optimizer here;
@@ -11,8 +14,10 @@ Padding invariance (DESIGN invariant 1) rests on three rules used by every famil
 """
 from __future__ import annotations
 
+import zlib
 from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -23,6 +28,21 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda z: jax.nn.gelu(z, approximate=False),
     "tanh": jnp.tanh,
 }
+
+
+def init_root(module: nn.Module) -> jax.Array | None:
+    """The member's init key, taken as the FIRST ``params`` draw of the top-level module (a function of the
+    key passed to ``init`` alone); None outside init, where parameters are only shape-checked."""
+    return module.make_rng("params") if module.is_initializing() else None
+
+
+def named_param(module: nn.Module, root: jax.Array | None, name: str, init: Callable, shape: tuple) -> jax.Array:
+    """``module.param(name, ...)`` whose init key is ``fold_in(root, crc32(name))``: a function of the member's
+    init key and the parameter's name only, whatever other parameters exist or in which order they are made.
+    (Outside init flax only traces ``init`` for its shape; the key is then irrelevant.)"""
+    def keyed(key, shape, *_):
+        return init(key if root is None else jax.random.fold_in(root, zlib.crc32(name.encode())), shape)
+    return module.param(name, keyed, shape)
 
 
 def elementwise_draw(key: jax.Array, shape: tuple[int, ...], draw: Callable[[jax.Array], jax.Array]) -> jax.Array:

@@ -14,9 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from sweepjax.config import Config, ModelConfig
-from sweepjax.models.common import ACTIVATIONS, active_rms, elementwise_draw, matmul, normalize
+from sweepjax.models.common import ACTIVATIONS, active_rms, elementwise_draw, init_root, matmul, named_param, normalize
 
 SIZE_KEYS = ("width", "depth", "mlp_hidden")
+# Parameters AdamW decays (weight matrices; biases only with train.decay_all).
+DECAYED = ("w_in", "w_h", "w_out", "w1", "w2")
 PROBES = ("hidden", "output")
 
 
@@ -71,9 +73,10 @@ class MLP(nn.Module):
         unit = (jnp.arange(W) < width).astype(dt)
         one = jnp.ones((), dt)
         mm = lambda a, b: matmul("bi,io->bo", a, b, cd).astype(dt)
+        root = init_root(self)
 
         def param(name, shape, fan_in, mask, is_bias=False):
-            return self.param(name, init_entries(c.init, is_bias, fan_in, mask, dt), shape)
+            return named_param(self, root, name, init_entries(c.init, is_bias, fan_in, mask, dt), shape)
 
         w_in = param("w_in", (self.in_dim, W), self.in_dim, unit[None, :])
         b_in = param("b_in", (W,), self.in_dim, unit, is_bias=True)

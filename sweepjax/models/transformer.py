@@ -10,9 +10,11 @@ Parameterizations (``model.parameterization``), with m = width / base_width from
 
 * ``sp``: hidden weights N(0, 1/fan_in), embeddings N(0, 1), readout N(0, 1/width), attention
   logits q.k / sqrt(head_dim), every tensor at the config's learning rate;
-* ``mup`` (the Adam rules of Yang et al.): the same inits, hidden matrices (q, k, v, o and both
-  MLP matrices) at lr / m, embeddings, norms and readout at lr, logits multiplied by 1/m,
-  attention logits q.k / head_dim.
+* ``mup`` (the Adam rules of Yang et al.): the same inits, each hidden matrix (q, k, v, o and both
+  MLP matrices) at lr over ITS OWN fan-in multiplier (true fan-in / the base model's; the MLP's
+  second matrix follows the MLP width, see :func:`fan_in_multipliers`), embeddings, norms and
+  readout at lr, logits multiplied by 1/m, attention logits q.k * sqrt(d_base) / head_dim. At
+  ``width == base_width`` (and the base MLP ratio) every factor is 1: muP equals SP exactly.
 
 ``model.zero_readout`` starts the readout at zero; ``model.depth_scaling = "inv_sqrt"`` multiplies
 both residual branches by 1/sqrt(true depth).
@@ -27,11 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from sweepjax.config import Config, ModelConfig
-from sweepjax.models.common import ACTIVATIONS, active_rms, constant_init, matmul, normal_init, normalize
+from sweepjax.models.common import (ACTIVATIONS, active_rms, constant_init, init_root, matmul, named_param, normal_init,
+                                   normalize)
 
 SIZE_KEYS = ("width", "depth", "heads", "head_dim", "mlp_hidden")
 # Parameters trained at lr / m under muP (matrices with both dimensions growing with width).
 HIDDEN = ("wq", "wk", "wv", "wo", "w1", "w2")
+# Parameters AdamW decays (matrices; embeddings, norm gains and biases only with train.decay_all).
+DECAYED = HIDDEN + ("readout",)
 PROBES = ("embed", "attn_out", "mlp_out", "residual", "logits")
 
 
@@ -48,6 +53,33 @@ def width_multiplier(cfg: ModelConfig, width: jax.Array) -> jax.Array:
     """muP's m = true width / base width (1 under SP)."""
     width = jnp.asarray(width, jnp.float32)
     return width / cfg.base_width if cfg.parameterization == "mup" else jnp.ones_like(width)
+
+
+def fan_in_multipliers(cfg: ModelConfig, sizes: dict) -> dict[str, jax.Array]:
+    """Each hidden matrix's TRUE fan-in over its fan-in in the muP base model (all 1 under SP).
+
+    The base model has d_model ``base_width``, attention output fan-in ``base_width`` (heads x head
+    dim = d_model) and MLP hidden ``base_width * base_mlp_ratio`` (``base_mlp_ratio = 0``: the
+    member's own ratio, so only the width moves it).
+    """
+    f = lambda n: jnp.asarray(n, jnp.float32)
+    if cfg.parameterization != "mup":
+        return {name: f(1.0) for name in HIDDEN}
+    width, inner, hidden = f(sizes["width"]), f(sizes["heads"]) * f(sizes["head_dim"]), f(sizes["mlp_hidden"])
+    base_ratio = cfg.base_mlp_ratio if cfg.base_mlp_ratio else hidden / width
+    base = cfg.base_width
+    return {"wq": width / base, "wk": width / base, "wv": width / base, "w1": width / base,
+            "wo": inner / base, "w2": hidden / (base * base_ratio)}
+
+
+def attention_scale(cfg: ModelConfig, sizes: dict) -> jax.Array:
+    """Attention logit factor: 1/sqrt(d_head) under SP; sqrt(d_base)/d_head under muP, d_base the base
+    model's head dim (``head_size``, or ``base_width / heads``), so muP equals SP at the base width."""
+    d = jnp.asarray(sizes["head_dim"], jnp.float32)
+    if cfg.parameterization != "mup":
+        return jax.lax.rsqrt(d)
+    base = cfg.head_size or cfg.base_width / jnp.asarray(sizes["heads"], jnp.float32)
+    return jnp.sqrt(base) / d
 
 
 def rotary(q: jax.Array, head_dim: jax.Array, base: float) -> jax.Array:
@@ -83,31 +115,33 @@ class Transformer(nn.Module):
         inner = sizes["heads"] * sizes["head_dim"]
         inv = lambda n: jax.lax.rsqrt(jnp.asarray(n, dt))
         m = width_multiplier(c, width).astype(dt)
+        root = init_root(self)
+        param = lambda name, init, shape: named_param(self, root, name, init, shape)
 
-        emb = self.param("embed", normal_init(1.0, unit, dt), (V, W))
+        emb = param("embed", normal_init(1.0, unit, dt), (V, W))
         h = emb[tokens]
         if c.positions == "learned":
-            h = h + self.param("pos_embed", normal_init(1.0, unit, dt), (self.context, W))[None, : tokens.shape[1]]
+            h = h + param("pos_embed", normal_init(1.0, unit, dt), (self.context, W))[None, : tokens.shape[1]]
 
         def norm_params(name, shape, mask):
-            gain = self.param(f"{name}_gain", constant_init(1.0, mask, dt), shape) if c.norm != "none" else None
-            bias = self.param(f"{name}_bias", constant_init(0.0, mask, dt), shape) if c.norm == "layernorm" else None
+            gain = param(f"{name}_gain", constant_init(1.0, mask, dt), shape) if c.norm != "none" else None
+            bias = param(f"{name}_bias", constant_init(0.0, mask, dt), shape) if c.norm == "layernorm" else None
             return gain, bias
 
         layer_unit = on[:, None] * unit
         layers = {
             "ln1": norm_params("ln1", (D, W), layer_unit),
             "ln2": norm_params("ln2", (D, W), layer_unit),
-            "wq": self.param("wq", normal_init(inv(width), on[:, None, None, None] * unit[:, None, None] * head, dt), (D, W, H, Dh)),
-            "wk": self.param("wk", normal_init(inv(width), on[:, None, None, None] * unit[:, None, None] * head, dt), (D, W, H, Dh)),
-            "wv": self.param("wv", normal_init(inv(width), on[:, None, None, None] * unit[:, None, None] * head, dt), (D, W, H, Dh)),
-            "wo": self.param("wo", normal_init(inv(inner), on[:, None, None, None] * head[..., None] * unit, dt), (D, H, Dh, W)),
-            "w1": self.param("w1", normal_init(inv(width), on[:, None, None] * unit[:, None] * hid, dt), (D, W, F)),
-            "w2": self.param("w2", normal_init(inv(sizes["mlp_hidden"]), on[:, None, None] * hid[:, None] * unit, dt), (D, F, W)),
+            "wq": param("wq", normal_init(inv(width), on[:, None, None, None] * unit[:, None, None] * head, dt), (D, W, H, Dh)),
+            "wk": param("wk", normal_init(inv(width), on[:, None, None, None] * unit[:, None, None] * head, dt), (D, W, H, Dh)),
+            "wv": param("wv", normal_init(inv(width), on[:, None, None, None] * unit[:, None, None] * head, dt), (D, W, H, Dh)),
+            "wo": param("wo", normal_init(inv(inner), on[:, None, None, None] * head[..., None] * unit, dt), (D, H, Dh, W)),
+            "w1": param("w1", normal_init(inv(width), on[:, None, None] * unit[:, None] * hid, dt), (D, W, F)),
+            "w2": param("w2", normal_init(inv(sizes["mlp_hidden"]), on[:, None, None] * hid[:, None] * unit, dt), (D, F, W)),
             "on": on,
         }
         branch_scale = inv(depth) if c.depth_scaling == "inv_sqrt" else jnp.ones((), dt)
-        logit_scale = (1.0 / sizes["head_dim"]) if c.parameterization == "mup" else inv(sizes["head_dim"])
+        logit_scale = attention_scale(c, sizes).astype(dt)
         causal = jnp.tril(jnp.ones((tokens.shape[1], tokens.shape[1]), bool))
         act = ACTIVATIONS[c.activation]
         norm = lambda v, gb: normalize(v, unit, width, c.norm, *gb)
@@ -135,7 +169,7 @@ class Transformer(nn.Module):
             readout = emb.T
         else:
             std = 0.0 if c.zero_readout else inv(width)
-            readout = self.param("readout", normal_init(std, unit[:, None] * jnp.ones(V, dt), dt), (W, V))
+            readout = param("readout", normal_init(std, unit[:, None] * jnp.ones(V, dt), dt), (W, V))
         logits = matmul("btw,wv->btv", final, readout, cd).astype(dt) / m
         if not probes:
             return logits
@@ -146,9 +180,10 @@ class Transformer(nn.Module):
 
 
 def lr_multipliers(cfg: ModelConfig, params: dict, sizes: dict) -> dict:
-    """Per-tensor learning-rate factors (a tree like ``params``): 1/m for hidden matrices under muP, else 1."""
-    m = width_multiplier(cfg, sizes["width"])
-    return {name: (1.0 / m if name in HIDDEN else jnp.ones_like(m)) for name in params}
+    """Per-tensor learning-rate factors (a tree like ``params``): under muP each hidden matrix at lr over
+    its own fan-in multiplier (:func:`fan_in_multipliers`), everything else at lr; all 1 under SP."""
+    fan = fan_in_multipliers(cfg, sizes)
+    return {name: 1.0 / fan[name] if name in fan else jnp.ones(()) for name in params}
 
 
 def count(cfg: Config, s: dict[str, int]) -> dict[str, float]:
