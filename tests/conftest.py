@@ -19,6 +19,11 @@ def small_config(sweep: dict, **sections) -> "Config":
     }
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
+    # keys that have no effect (and are refused) in some configs: minibatches on a full-batch grid, lr for L-BFGS
+    if raw["task"].get("train_data") == "grid" and "batch_size" not in sections.get("task", {}):
+        del raw["task"]["batch_size"]
+    if raw["train"].get("optimizer") == "lbfgs" and "lr" not in sections.get("train", {}):
+        del raw["train"]["lr"]
     raw["sweep"] = sweep
     return build_config(raw)
 

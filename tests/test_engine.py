@@ -117,7 +117,7 @@ def test_optimizers_and_schedules_learn(train):
 
 def test_lbfgs_full_batch_converges_far():
     """Full-batch L-BFGS on the grid drives the loss of a small SiLU net far below Adam's start."""
-    ds = run({"seed": [0]}, model={"width": 4}, task={"train_data": "grid", "grid_size": 201},
+    ds = run({"seed": [0]}, model={"width": 4}, task={"train_data": "grid", "grid_size": 201, "test_size": 200},
              train={"optimizer": "lbfgs", "steps": 200, "precision": "float64"})
     curve = ds.test_loss.values.ravel()
     assert curve[-1] < 1e-3 * curve[0]
@@ -165,3 +165,93 @@ def test_sharding_over_four_devices_matches_one(tmp_path):
     four = np.load(out)
     np.testing.assert_array_equal(np.isnan(one), np.isnan(four))
     np.testing.assert_allclose(four, one, rtol=1e-5)
+
+
+LBFGS_FLAT_SCRIPT = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+from conftest import run
+ds = run({{"seed": [4, 5, 6, 7]}}, model={{"width": 2, "activation": "relu"}},
+         task={{"train_data": "grid", "grid_size": 201, "test_size": 200}},
+         train={{"optimizer": "lbfgs", "steps": 200, "chunk_steps": 50, "precision": "float64"}}, eval={{"points": 10}})
+np.save({out!r}, ds.train_loss.values)
+"""
+
+
+def test_lbfgs_finishes_under_vmap_when_a_member_is_flat(tmp_path):
+    """Width-2 ReLU nets in float64 on a 201-point grid, seeds 4-7 together: with optax's default zoom
+    line search seed 5 stops advancing (its objective is flat at rounding level) and the vmapped while
+    loop never exits. The bounded backtracking search finishes, and a converged member is frozen:
+    its loss never rises and stays constant once it stops improving."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "lbfgs.npy"
+    script = LBFGS_FLAT_SCRIPT.format(tests=os.path.dirname(__file__), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    curves = np.load(out)
+    assert np.all(np.isfinite(curves))
+    assert np.all(np.diff(curves, axis=1) <= 0)          # a line search only accepts decreases
+    assert np.all(curves[:, -1] < 0.6 * curves[:, 0])    # and every member learned (width-2 ReLU: bad tickets too)
+    assert np.all(curves[:, -1] == curves[:, -2])         # converged members sit still at the end
+
+
+def test_adam_hyperparameters_reach_the_optimizer():
+    """train.adam_b1/b2/eps change the curves (they were validated, saved and ignored)."""
+    base = run({"seed": [0]}, model={"width": 8})
+    for key, value in (("adam_b1", 0.0), ("adam_b2", 0.5), ("adam_eps", 0.1)):
+        other = run({"seed": [0]}, model={"width": 8}, train={key: value})
+        assert not np.allclose(other.train_loss.values, base.train_loss.values), key
+
+
+def test_relative_divergence_flags_a_blow_up_below_the_absolute_limit():
+    """A loss of ~1e-4 that grows 10,000x is flagged at once by train.divergence_factor (default 1e4),
+    long before the absolute 1e10 limit (or non-finite values) would catch it."""
+    sweep = {"train.lr": [1e-2, 3.0]}
+    kw = dict(model={"width": 8, "init": "normal"}, task={"low": -0.1, "high": 0.1}, eval={"points": 10})
+    rel = run(sweep, train={"optimizer": "sgd"}, **kw)
+    absolute = run(sweep, train={"optimizer": "sgd", "divergence_factor": 1e300}, **kw)
+    assert not rel.diverged.sel(lr=1e-2) and rel.diverged.sel(lr=3.0)
+    step_rel, step_abs = int(rel.diverged_step.sel(lr=3.0)), int(absolute.diverged_step.sel(lr=3.0))
+    assert absolute.diverged.sel(lr=3.0) and step_rel < step_abs
+    # at the step where it was flagged the loss was finite and far below the absolute limit
+    curve = absolute.train_loss.sel(lr=3.0)
+    assert np.isfinite(curve.sel(eval_step=step_rel)) and curve.sel(eval_step=step_rel) < 1e10
+    np.testing.assert_array_equal(rel.train_loss.sel(lr=1e-2), absolute.train_loss.sel(lr=1e-2))
+
+
+def test_diverged_members_have_nan_predictions_and_parameters():
+    """A diverged member's saved predictions and final parameters are NaN (its frozen parameters are its
+    last finite ones, which the ensemble and mirror analyses must not use); its initial ones are kept."""
+    ds = run({"train.lr": [1e-2, 1e6]}, model={"width": 8}, eval={"save_predictions": True, "save_params": True})
+    assert ds.diverged.sel(lr=1e6) and not ds.diverged.sel(lr=1e-2)
+    assert np.isnan(ds.predictions.sel(lr=1e6)).all() and np.isfinite(ds.predictions.sel(lr=1e-2)).all()
+    for name in ("w_in", "b_in", "w_out", "b_out"):
+        assert np.isnan(ds[f"param.{name}"].sel(lr=1e6)).all(), name
+        assert np.isfinite(ds[f"param.{name}"].sel(lr=1e-2)).all(), name
+        assert np.isfinite(ds[f"param.init.{name}"].sel(lr=1e6)).all(), name
+
+
+@pytest.mark.parametrize("family, decayed, kept", [
+    ("mlp", ("w_in", "w_out", "w1", "w2"), ("b_in", "b_out", "b1")),
+    ("transformer", ("wq", "wo", "w1", "w2", "readout"), ("embed", "pos_embed", "ln1_gain", "ln1_bias", "ln_f_gain")),
+])
+def test_adamw_decays_matrices_only_unless_decay_all(family, decayed, kept):
+    """With a zero gradient AdamW's update is pure decay: weight matrices shrink, biases, norm gains and
+    embeddings do not, unless train.decay_all."""
+    import jax
+    import jax.numpy as jnp
+    from conftest import small_config
+    from sweepjax.engine.optim import make_optimizer
+    from sweepjax.models import FAMILIES
+    names = decayed + kept
+    params = {n: jnp.ones((2, 3)) for n in names}
+    for decay_all in (False, True):
+        cfg = small_config({}, train={"optimizer": "adamw", "weight_decay": 0.5, "decay_all": decay_all}).train
+        tx = make_optimizer(cfg, jnp.float32(0.1), FAMILIES[family].DECAYED)
+        zero = jax.tree.map(jnp.zeros_like, params)
+        updates, _ = tx.update(zero, tx.init(params), params)
+        for n in names:
+            moved = bool(jnp.any(updates[n] != 0))
+            assert moved == (decay_all or n in decayed), (n, decay_all)

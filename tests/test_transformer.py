@@ -114,6 +114,58 @@ def test_counts_match_the_program(model):
     assert jaxpr_matmul_flops(jaxpr.jaxpr) == c["forward_flops_per_token"] * tokens.size
 
 
+@pytest.mark.parametrize("model, member, sweep", [
+    ({"norm": "layernorm"}, dict(width=8, heads=1, mlp_ratio=1, depth=1),
+     {"model.width": [8, 16], "model.heads": [1, 4], "model.mlp_ratio": [1, 4], "model.depth": [1, 3]}),
+    ({"norm": "rmsnorm", "positions": "rotary", "parameterization": "mup", "base_width": 8, "head_size": 4, "heads": 4},
+     dict(width=4, mlp_ratio=4, depth=2), {"model.width": [4, 16], "model.mlp_ratio": [1, 4], "model.depth": [1, 2]}),
+], ids=["one-head-ratio1-depth1-next-to-many", "head-size-mup-width4-ratio4"])
+def test_padding_invariance_edges(model, member, sweep):
+    """Edges of every transformer size axis: one head next to four, mlp_ratio 1 next to 4, depth 1
+    next to 3, a one-head (head_size) width-4 member next to width 16; each equals the member alone."""
+    alone = run({f"model.{k}": [v] for k, v in member.items()}, model=model)
+    padded = run(sweep, model=model)
+    for k in ("train_loss", "test_loss"):
+        a, b = alone[k].sel(**member).values, padded[k].sel(**member).values
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(b, a, rtol=2e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("model", [
+    {"heads": 2, "mlp_ratio": 2},
+    {"head_size": 4, "heads": 4, "mlp_ratio": 4, "base_mlp_ratio": 4, "positions": "rotary"},
+], ids=["heads", "head-size-base-ratio"])
+def test_mup_equals_sp_at_base_width(model):
+    """At width == base_width muP and SP are the same model: same init, same losses step by step."""
+    ds = run({"model.parameterization": ["sp", "mup"]},
+             model={"width": 16, "base_width": 16, "norm": "layernorm", **model}, train={"steps": 8})
+    for k in ("train_loss", "test_loss"):
+        sp, mup = ds[k].sel(parameterization="sp").values, ds[k].sel(parameterization="mup").values
+        np.testing.assert_allclose(mup, sp, rtol=1e-6, err_msg=k)
+    # ... and differ off the base width (the test can see a difference)
+    off = run({"model.parameterization": ["sp", "mup"]},
+              model={"width": 32, "base_width": 16, "norm": "layernorm", **model}, train={"steps": 8})
+    assert not np.allclose(off.train_loss.sel(parameterization="sp"), off.train_loss.sel(parameterization="mup"))
+
+
+def test_mup_multipliers_follow_each_matrix_fan_in():
+    """muP lr factors: q/k/v/w1 and the attention output by d_model / base, the MLP's second matrix by its
+    own hidden width over the base model's; the attention scale by sqrt(d_base) / d_head."""
+    from sweepjax.models.transformer import attention_scale, fan_in_multipliers
+    cfg = config({}, model={"parameterization": "mup", "base_width": 16, "base_mlp_ratio": 1}).model
+    sizes = {"width": 64, "heads": 8, "head_dim": 8, "mlp_hidden": 256}
+    f = {k: float(v) for k, v in fan_in_multipliers(cfg, sizes).items()}
+    assert f["wq"] == f["wk"] == f["wv"] == f["w1"] == f["wo"] == 4.0
+    assert f["w2"] == 16.0  # 256 hidden units over the base model's 16 x 1
+    # base head dim = base_width / heads = 2: scale sqrt(2) / 8
+    assert float(attention_scale(cfg, sizes)) == pytest.approx(math.sqrt(2) / 8)
+    same = config({}, model={"parameterization": "mup", "base_width": 16}).model  # base ratio = own ratio
+    assert float(fan_in_multipliers(same, sizes)["w2"]) == 4.0
+    sp = config({}, model={"parameterization": "sp"}).model
+    assert float(attention_scale(sp, sizes)) == pytest.approx(1 / math.sqrt(8))
+    assert all(float(v) == 1.0 for v in fan_in_multipliers(sp, sizes).values())
+
+
 def test_mup_learning_rates_and_readout():
     """One Adam step moves hidden matrices by lr/m and embeddings by lr (m = width / base_width); SP: lr everywhere."""
     lr = 1e-2
