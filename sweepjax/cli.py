@@ -5,6 +5,7 @@ User mistakes (bad config, bad paths) print one ``error:`` line and exit with co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -63,6 +64,11 @@ def _resume_config(args: argparse.Namespace, on_cpu: bool):
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run (or resume) a sweep, save results, fit the width exponent, make figures."""
+    with contextlib.ExitStack() as held:  # holds the output directory's lock, taken in _run, to the end
+        return _run(args, held)
+
+
+def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     import jax
     if args.distributed:
         start_distributed(args)
@@ -72,9 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweepjax.config import load_config
     from sweepjax.engine import run_sweep
     from sweepjax.engine.checkpoint import Interrupted, Store
+    from sweepjax.engine.lock import OutputLock
     from sweepjax.engine.sweep import check_memory
     on_cpu = jax.default_backend() == "cpu"
     if args.resume:
+        held.enter_context(OutputLock(args.resume, create=False, enabled=main_process))
         cfg, out = _resume_config(args, on_cpu)
     elif not args.config:
         raise ConfigError("sweepjax run needs a CONFIG file (or --resume DIR)")
@@ -82,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.set, on_cpu=on_cpu)
         out = Path(args.out or cfg.run.out or Path("runs") / cfg.name)
         check_memory(cfg)
+        held.enter_context(OutputLock(out, enabled=main_process))
         _check_out(out, args.overwrite)
         if on_cpu and "on_cpu" in Path(args.config).read_text(encoding="utf-8"):
             print("no accelerator found: using the config's [on_cpu] sizes (the full sweep needs a GPU)",
@@ -183,16 +192,18 @@ def cmd_coordcheck(args: argparse.Namespace) -> int:
     from sweepjax.analysis.coordcheck import coordcheck_config, describe
     from sweepjax.config import load_config
     from sweepjax.engine import run_sweep
+    from sweepjax.engine.lock import OutputLock
     from sweepjax.plots import plot_coordcheck
     cfg = coordcheck_config(load_config(args.config, args.set, on_cpu=jax.default_backend() == "cpu"), args.steps)
     cfg.name = f"{cfg.name}-coordcheck"
     out = Path(args.out or Path("runs") / cfg.name)
-    _check_out(out, overwrite=True)
-    ds, manifest = run_sweep(cfg)
-    manifest["command"] = " ".join(["sweepjax"] + sys.argv[1:])
-    results.save(ds, cfg, out, manifest)
-    print(describe(ds))
-    print(f"figure: {plot_coordcheck(ds, out / 'coordcheck.png')}")
+    with OutputLock(out):
+        _check_out(out, overwrite=True)
+        ds, manifest = run_sweep(cfg)
+        manifest["command"] = " ".join(["sweepjax"] + sys.argv[1:])
+        results.save(ds, cfg, out, manifest)
+        print(describe(ds))
+        print(f"figure: {plot_coordcheck(ds, out / 'coordcheck.png')}")
     return 0
 
 
