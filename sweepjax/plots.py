@@ -13,6 +13,7 @@ import xarray as xr  # noqa: E402
 from sweepjax.analysis.ensemble import ensemble_vs_wide  # noqa: E402
 from sweepjax.analysis.mirror import mirror_distances  # noqa: E402
 from sweepjax.analysis.scaling import fitted_loss, slices  # noqa: E402
+from sweepjax.fit.inputs import reduce_runs  # noqa: E402
 
 
 def _name(sel: dict) -> str:
@@ -34,24 +35,33 @@ def _width_ticks(ax, widths) -> None:
 
 
 def plot_scaling(ds: xr.Dataset, rows: list[dict], path: Path) -> Path:
-    """Median final test loss vs width (IQR band over seeds), fitted power law, N^-1 and N^-4 guides."""
+    """Median final test loss vs width (IQR band over seeds), fitted power law, N^-1 and N^-4 guides.
+
+    Diverged seeds count as the worst loss (as in the fit): a median or quartile they make +inf is not drawn.
+    """
     fig, ax = plt.subplots(figsize=(6, 4.5))
     target, label = fitted_loss(ds)
     for i, row in enumerate(rows):
         da = target.sel(**row["slice"]) if row["slice"] else target
         w = da["width"].values
-        q = np.nanpercentile(da.transpose("seed", "width").values, [25, 50, 75], axis=0) if "seed" in da.dims \
-            else np.stack([da.values] * 3)
+        v = da.transpose("seed", "width").values if "seed" in da.dims else da.values[None]
+        with np.errstate(invalid="ignore"):  # quartiles between a finite loss and +inf
+            q = np.nanpercentile(v, [25, 50, 75], axis=0)
+        q[1] = reduce_runs(v, "median")
+        q = np.where(np.isfinite(q), q, np.nan)
         color = f"C{i}"
         ax.fill_between(w, q[0], q[2], color=color, alpha=0.2, lw=0)
         ax.plot(w, q[1], "o", color=color, label=f"{_name(row['slice'])} (median over seeds)")
+        if row["alpha"] is None:
+            continue
         x = np.array(row["widths"])
         p = row["params"]
         fit_y = p["A"] * x ** -p["alpha"] + p.get("E", 0.0)
         ci = f" [{row['alpha_ci'][0]:.2f}, {row['alpha_ci'][1]:.2f}]" if row["alpha_ci"] else ""
         ax.plot(x, fit_y, "-", color=color, label=f"fit: alpha = {row['alpha']:.2f}{ci}")
-    if rows:
-        x0, y0 = rows[0]["widths"][0], rows[0]["median_loss"][0]
+    fitted = [r for r in rows if r["alpha"] is not None]
+    if fitted:
+        x0, y0 = fitted[0]["widths"][0], fitted[0]["median_loss"][0]
         xs = np.array([x0, ds["width"].values.max()])
         guides = ((1, ":"),) if "irreducible_loss" in ds else ((1, ":"), (4, "--"))  # N^-4: the lottery study's
         for p, style in guides:

@@ -21,6 +21,11 @@ from sweepjax.grid import Grid
 from sweepjax.models import count, family, tokens_per_step
 
 RESULTS_FILE, CONFIG_FILE, MANIFEST_FILE = "results.nc", "config.toml", "manifest.json"
+FLOOR_DESCRIPTIONS = {
+    "irreducible_loss": "the task's lowest expected test loss, nats per token (Markov: the entropy rate)",
+    "test_bayes_loss": "the true model's loss on the fixed test set, nats per token: the reference for "
+                       "the excess of final_test_loss (entropy rate + the test set's sampling offset)",
+}
 
 
 def _scatter(grid: Grid, outputs: list[GroupOutput], get, fill) -> np.ndarray:
@@ -64,11 +69,14 @@ def counts(grid: Grid) -> dict[str, np.ndarray]:
 
 
 def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np.ndarray,
-                  test: tuple[np.ndarray, np.ndarray] | None = None, irreducible: float | None = None) -> xr.Dataset:
+                  test: tuple[np.ndarray, np.ndarray] | None = None,
+                  floors: dict[str, np.ndarray] | None = None) -> xr.Dataset:
     """Assemble the sweep's Dataset: curves (sweep dims + eval_step), finals, flags, counts.
 
-    ``test`` = (x, target) of the test grid (kept with saved predictions); ``irreducible``: the
-    task's lowest possible test loss (the Markov chain's entropy rate), kept as ``irreducible_loss``.
+    ``test`` = (x, target) of the test grid (kept with saved predictions); ``floors``: the task's
+    loss floors in nats, name -> per-member array of shape ``grid.shape`` (Markov: ``irreducible_loss``,
+    the chain's entropy rate, and ``test_bayes_loss``, the true chain's loss on the fixed test set).
+    Each is kept as a scalar when all members share it (the usual case), else with the sweep dims.
     """
     dims = grid.dims
     coords = {dim_name(k): np.asarray(v) for k, v in grid.axes.items()}
@@ -84,8 +92,8 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     if outputs[0].activations is not None:
         coords["probe"] = list(family(cfg).PROBES)
         data["activation_rms"] = (dims + ["eval_step", "probe"], _scatter(grid, outputs, lambda o: o.activations, np.nan))
-    if irreducible is not None:
-        data["irreducible_loss"] = ((), irreducible)
+    for name, v in (floors or {}).items():
+        data[name] = ((), float(v.flat[0])) if np.all(v == v.flat[0]) else (dims, v)
     if cfg.eval.save_predictions:
         coords["x"], data["test_target"] = test[0], (["x"], test[1])
         data["predictions"] = (dims + ["x"], _scatter(grid, outputs, lambda o: o.predictions, np.nan))
@@ -97,6 +105,9 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     ds = xr.Dataset(data, coords=coords)
     ds.attrs["sweepjax_config"] = to_toml(cfg)
     ds["final_test_loss"].attrs["description"] = "test loss of the final parameters (NaN if diverged)"
+    for name, text in FLOOR_DESCRIPTIONS.items():
+        if name in ds:
+            ds[name].attrs["description"] = text
     return ds
 
 

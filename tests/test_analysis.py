@@ -1,10 +1,15 @@
-"""Ensemble and mirror-pair analyses on data with known answers."""
+"""Ensemble, mirror-pair and width-scaling analyses on data with known answers."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import pytest
+import xarray as xr
 
 from sweepjax.analysis.ensemble import ensemble_losses
 from sweepjax.analysis.mirror import mirror_distances, mirror_fraction
+from sweepjax.analysis.scaling import describe, fitted_loss, width_scaling
 
 
 def test_ensemble_of_independent_errors_cuts_loss_by_k():
@@ -36,3 +41,38 @@ def test_mirror_pairs_found_and_absent():
     # Distances are scale free.
     np.testing.assert_allclose(mirror_distances(3 * mirrored_w, 3 * mirrored_b),
                                mirror_distances(mirrored_w, mirrored_b), rtol=1e-9)
+
+
+def markov_results(offset: float = 0.017, seeds: int = 3) -> xr.Dataset:
+    """Synthetic Markov results: final loss = test Bayes loss + 0.5 width^-1 exactly, and an entropy rate
+    ``offset`` nats below the test set's Bayes loss (its sampling offset)."""
+    widths = np.array([16, 32, 64, 128, 256])
+    bayes = 2.377
+    loss = np.tile(bayes + 0.5 / widths, (seeds, 1))
+    return xr.Dataset({"final_test_loss": (("seed", "width"), loss),
+                       "diverged": (("seed", "width"), np.zeros(loss.shape, bool)),
+                       "irreducible_loss": ((), bayes - offset), "test_bayes_loss": ((), bayes)},
+                      coords={"seed": np.arange(seeds), "width": widths})
+
+
+def test_width_fit_subtracts_the_test_sets_bayes_loss():
+    ds = markov_results()
+    (row,) = width_scaling(ds, n_boot=0)
+    assert row["alpha"] == pytest.approx(1.0, abs=1e-4)
+    assert "Bayes" in row["loss"] and "Bayes" in fitted_loss(ds)[1] and "Bayes" in describe(row)
+    np.testing.assert_allclose(row["median_loss"], 0.5 / ds["width"].values, rtol=1e-9)
+    # Subtracting the entropy rate (all that results saved before test_bayes_loss allow) leaves the
+    # offset in the excess and flattens the law: a clearly different exponent.
+    (old,) = width_scaling(ds.drop_vars("test_bayes_loss"), n_boot=0)
+    assert "entropy rate" in old["loss"] and old["alpha"] < 0.8
+
+
+def test_non_positive_excess_is_left_out_with_one_warning_line():
+    ds = markov_results()
+    ds["final_test_loss"][1, 4] = ds["test_bayes_loss"] - 1e-7        # below the floor (rounding, chance or a bug)
+    log = io.StringIO()
+    (row,) = width_scaling(ds, n_boot=0, log=log)
+    (line,) = log.getvalue().splitlines()
+    assert line.startswith("warning: ") and "width 256 seed 1" in line and "left out" in line
+    assert row["n_below_floor"] == 1 and row["seeds_per_width"][-1] == 2
+    assert row["alpha"] == pytest.approx(1.0, abs=1e-4)

@@ -199,3 +199,31 @@ def test_jit_vmap_over_members():
     # The test set inside a vmapped, jitted function (as the engine evaluates it).
     tx = jax.jit(jax.vmap(lambda s: m.test_set(jnp.float32)[0] + 0 * s))(seeds)
     np.testing.assert_array_equal(tx[2], m.test_set(jnp.float32)[0])
+
+
+def test_test_bayes_loss_is_the_true_chains_loss_on_the_test_set():
+    m = task(sparsity=0.5, temperature=0.7, test_size=48, context=20)
+    p = m.transition_matrix()
+    tx, ty = (np.asarray(a) for a in m.test_set(jnp.float32))
+    total = 0.0
+    for i in range(tx.shape[0]):                       # brute force, one position at a time
+        for t in range(tx.shape[1]):
+            total -= np.log(p[tx[i, t], ty[i, t]])
+    bayes = m.test_bayes_loss()
+    assert isinstance(bayes, float)
+    assert bayes == pytest.approx(total / tx.size, rel=1e-12)
+    # The positions are weighted as the engine's loss weights them: the loss of the true conditional.
+    logits = jnp.log(jnp.asarray(p, jnp.float32))[tx]
+    np.testing.assert_allclose(float(m.loss(logits, ty)), bayes, rtol=1e-5)
+
+
+def test_test_bayes_loss_differs_from_entropy_rate_by_the_sampling_offset():
+    # configs/transformer_markov.toml's CPU sizes: the offset is ~0.017 nats, consistent with sampling noise.
+    m = task(vocab=32, context=32, test_size=128, sparsity=0.5, temperature=1.0)
+    tx, ty = (np.asarray(a) for a in m.test_set(jnp.float32))
+    per_seq = -np.log(m.transition_matrix()[tx, ty]).mean(axis=1)
+    se = per_seq.std(ddof=1) / np.sqrt(len(per_seq))
+    offset = m.test_bayes_loss() - m.entropy_rate()
+    assert 0.01 < abs(offset) < 4 * se
+    # A larger test set has a smaller offset (same chain, more sequences).
+    assert abs(task(vocab=32, context=32, test_size=4096, sparsity=0.5).test_bayes_loss() - m.entropy_rate()) < abs(offset) / 3

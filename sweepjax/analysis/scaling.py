@@ -2,15 +2,19 @@
 
 One fit per combination of the other swept coordinates (e.g. one per activation); the exponent's
 interval comes from a bootstrap over seeds (resample seeds, take the median per width, refit).
+Diverged members count as the worst loss (+inf), not as missing: see :func:`width_scaling`.
 """
 from __future__ import annotations
 
 import itertools
+import sys
+from typing import TextIO
 
 import numpy as np
 import xarray as xr
 
 from sweepjax import fit as fitting
+from sweepjax.fit.inputs import reduce_runs
 
 
 def slices(ds: xr.Dataset, keep: tuple[str, ...]) -> list[dict]:
@@ -20,21 +24,67 @@ def slices(ds: xr.Dataset, keep: tuple[str, ...]) -> list[dict]:
 
 
 def fitted_loss(ds: xr.Dataset) -> tuple[xr.DataArray, str]:
-    """The loss the width fit uses, and its axis label: the final test loss, minus the task's
-    irreducible loss when the results hold one (the Markov chain's entropy rate)."""
-    if "irreducible_loss" in ds:
-        return ds["final_test_loss"] - ds["irreducible_loss"], "final test loss - entropy rate (nats)"
-    return ds["final_test_loss"], "final test loss"
+    """The per-member loss the width fit uses, and its axis label.
+
+    The final test loss minus the task's floor when the results hold one: ``test_bayes_loss`` (the
+    true Markov chain's loss on the same fixed test sequences, nats) or, in results saved before it
+    existed, ``irreducible_loss`` (the chain's entropy rate, which leaves the test set's sampling
+    offset in the excess). Members flagged ``diverged`` are +inf, the worst loss; members that were
+    not run stay NaN.
+    """
+    loss, label = ds["final_test_loss"], "final test loss"
+    if "test_bayes_loss" in ds:
+        loss, label = loss - ds["test_bayes_loss"], "final test loss - test-set Bayes loss (nats)"
+    elif "irreducible_loss" in ds:
+        loss, label = loss - ds["irreducible_loss"], "final test loss - entropy rate (nats)"
+    if "diverged" in ds:
+        loss = loss.where(~ds["diverged"].astype(bool), np.inf)
+    return loss, label
+
+
+def _name(sel: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sel.items()) or "all"
+
+
+def _drop_at_floor(da: xr.DataArray, loss: np.ndarray, sel: dict, log: TextIO | None) -> tuple[np.ndarray, int]:
+    """``loss`` (seeds, widths) with finite values <= 0 set to NaN (left out), and their number;
+    one warning line to ``log`` when there are any."""
+    low = np.isfinite(loss) & (loss <= 0)
+    if low.any() and log is not None:
+        s, w = (i[0] for i in np.nonzero(low))
+        seed = f" seed {da['seed'].values[s]}" if "seed" in da.dims else ""
+        print(f"warning: {_name(sel)}: {int(low.sum())} member(s) at or below the loss floor "
+              f"(e.g. width {da['width'].values[w]}{seed}: {loss[s, w]:.3g}) cannot be fitted in log space "
+              f"and are left out of the fit", file=log)
+    return np.where(low, np.nan, loss), int(low.sum())
 
 
 def width_scaling(ds: xr.Dataset, form: str = "power_law", n_boot: int = 1000, seed: int = 0,
-                  min_width: int = 0, max_width: int = 0, level: float = 0.95) -> list[dict]:
-    """Fit median final test loss (see :func:`fitted_loss`) vs width for each slice; one dict per slice.
+                  min_width: int = 0, max_width: int = 0, level: float = 0.95,
+                  log: TextIO | None = sys.stderr) -> list[dict]:
+    """Fit the median over seeds of :func:`fitted_loss` vs width for each slice; one dict per slice.
 
-    Each dict: ``slice`` (coords), ``widths``, ``median_loss``, ``params`` (fitted, natural units),
-    ``alpha``, ``alpha_ci`` (percentile bootstrap over seeds at ``level``; None if n_boot = 0 or
-    no seed axis), ``converged``, ``form``. Widths outside [min_width, max_width] (0 = no bound)
-    and widths whose seeds all diverged are left out of the fit.
+    Diverged members (survivorship): a diverged member counts as the worst loss (+inf) in the median
+    over seeds, so a width where half or more of the seeds diverged has median +inf and is left out of
+    the fit (listed in ``unfitted_widths``), and one where fewer diverged has a median pushed up by them.
+    The bootstrap resamples seeds with the same rule: a width whose median in a resample is +inf is
+    dropped from that resample's fit (the resample still counts), so the medians of widths with many
+    diverged seeds swing high or drop out across resamples and the interval spreads towards the flatter
+    laws they imply, instead of being conditioned on survival. Only resamples left with too few widths
+    to fit at all are not used; their number is ``boot_failed`` (shown by :func:`describe`). Members not
+    run (NaN, not diverged) are ignored.
+
+    A finite loss <= 0 (a member at or below the loss floor: float32 rounding, chance when a model's
+    excess is below the test set's sampling noise, or a bug) cannot be fitted in log space: that member
+    is left out (as if not run) and one warning line goes to ``log``; ``n_below_floor`` counts them.
+
+    Each dict: ``slice`` (coords), ``form``, ``loss`` (axis label), ``widths`` and ``median_loss``
+    (the fitted widths and their medians, loss units), ``all_widths`` (widths in the window that ran),
+    ``seeds_per_width`` and ``diverged_per_width`` (seeds run / diverged, aligned with ``all_widths``),
+    ``unfitted_widths``, ``n_below_floor``, ``params`` (fitted, natural units), ``alpha``, ``alpha_ci``
+    (percentile bootstrap over seeds at ``level``; None if n_boot = 0 or no seed axis), ``boot_failed``,
+    ``converged``, and ``note`` (why there is no fit, when too few widths are left: then ``alpha`` is None).
+    Widths outside [min_width, max_width] (0 = no bound) are left out.
     """
     rows = []
     target, label = fitted_loss(ds)
@@ -44,26 +94,49 @@ def width_scaling(ds: xr.Dataset, form: str = "power_law", n_boot: int = 1000, s
         keep = (w >= min_width) & ((w <= max_width) if max_width else True)
         da = da.isel(width=np.flatnonzero(keep))
         loss = da.transpose("seed", "width").values if "seed" in da.dims else da.values[None, :]
-        ok = np.isfinite(loss).any(axis=0)
-        x, loss = da["width"].values[ok].astype(float), loss[:, ok]
-        med = np.nanmedian(loss, axis=0)
-        res = fitting.fit(x, med, form=form)
-        ci = None
+        loss, below = _drop_at_floor(da, loss, sel, log)
+        ran = ~np.isnan(loss).all(axis=0)
+        x, loss = da["width"].values[ran].astype(float), loss[:, ran]
+        med = reduce_runs(loss, "median")
+        ok = np.isfinite(med)
+        row = {"slice": sel, "form": form, "loss": label, "widths": x[ok].tolist(), "median_loss": med[ok].tolist(),
+               "all_widths": x.tolist(), "seeds_per_width": (~np.isnan(loss)).sum(axis=0).tolist(),
+               "diverged_per_width": np.isposinf(loss).sum(axis=0).tolist(),
+               "unfitted_widths": x[~ok].tolist(), "n_below_floor": below, "params": {}, "alpha": None,
+               "alpha_ci": None, "boot_failed": 0, "level": level, "converged": False, "note": ""}
+        try:
+            res = fitting.fit(x[ok], med[ok], form=form)
+        except fitting.FitInputError as err:
+            row["note"] = f"no fit: {err}"
+            rows.append(row)
+            continue
+        row.update(params={k: float(v) for k, v in res.params.items()}, alpha=float(res.params["alpha"]),
+                   converged=bool(res.converged))
         if n_boot and loss.shape[0] > 1:
             boot = fitting.bootstrap(x, loss, form=form, n_resamples=n_boot, seed=seed, level=level, reduce="median")
-            ci = tuple(float(v) for v in boot.ci("alpha"))
-        rows.append({"slice": sel, "form": form, "widths": x.tolist(), "median_loss": med.tolist(),
-                     "params": {k: float(v) for k, v in res.params.items()}, "alpha": float(res.params["alpha"]),
-                     "alpha_ci": ci, "level": level, "converged": bool(res.converged), "loss": label})
+            row.update(alpha_ci=tuple(float(v) for v in boot.ci("alpha")), boot_failed=n_boot - boot.n_valid)
+        rows.append(row)
     return rows
 
 
 def describe(row: dict) -> str:
-    """One line: slice, exponent with its interval, fit window."""
-    name = ", ".join(f"{k}={v}" for k, v in row["slice"].items()) or "all"
-    ci = (f" [{row['alpha_ci'][0]:.3f}, {row['alpha_ci'][1]:.3f}] ({row['level']:.0%} bootstrap over seeds)"
+    """One line: slice, exponent with its interval, fit window, diverged seeds per width."""
+    name = _name(row["slice"])
+    div = row.get("diverged_per_width", [])
+    diverged = ""
+    if any(div):
+        counts = " ".join(f"{w:g}:{d}/{n}" for w, d, n in zip(row["all_widths"], div, row["seeds_per_width"]))
+        diverged = f"; diverged seeds per width {counts} (counted as worst)"
+    if row.get("unfitted_widths"):
+        unfit = row["unfitted_widths"]
+        diverged += (f"; width{'s' * (len(unfit) > 1)} {', '.join(f'{w:g}' for w in unfit)} not fitted "
+                     "(half or more of their seeds diverged)")
+    if row["alpha"] is None:
+        return f"{name}: {row.get('loss', 'loss')} ~ width^-alpha: {row['note']}{diverged}"
+    ci = (f" [{row['alpha_ci'][0]:.3f}, {row['alpha_ci'][1]:.3f}] ({row['level']:.0%} bootstrap over seeds"
+          + (f", {row['boot_failed']} resamples unfittable" if row.get("boot_failed") else "") + ")"
           if row["alpha_ci"] else "")
     flag = "" if row["converged"] else "  (fit did NOT converge)"
     w = row["widths"]
     return (f"{name}: {row.get('loss', 'loss')} ~ width^-alpha, alpha = {row['alpha']:.3f}{ci}, "
-            f"widths {w[0]:g}-{w[-1]:g}, form {row['form']}{flag}")
+            f"widths {w[0]:g}-{w[-1]:g}, form {row['form']}{diverged}{flag}")

@@ -25,6 +25,27 @@ def check_memory(cfg: Config) -> Grid:
     return grid
 
 
+def task_floors(grid: Grid) -> dict[str, np.ndarray]:
+    """Loss floors of tasks that have them, in nats per token, each an array of shape ``grid.shape``:
+    ``irreducible_loss`` (the entropy rate) and ``test_bayes_loss`` (the true chain's loss on the very
+    test sequences the engine evaluates on). Computed per group's task config (a swept task key such as
+    the temperature changes the chain); empty for tasks without them."""
+    floors: dict[str, np.ndarray] = {}
+    per_task: dict[str, dict[str, float]] = {}
+    for g in grid.groups:
+        key = repr(g.config.task)
+        if key not in per_task:
+            task = make_task(g.config.task)
+            per_task[key] = {}
+            if hasattr(task, "test_bayes_loss"):
+                with precision(g.config):   # the test set exactly as the group's engine drew it
+                    per_task[key] = {"irreducible_loss": task.entropy_rate(),
+                                     "test_bayes_loss": task.test_bayes_loss()}
+        for name, value in per_task[key].items():
+            floors.setdefault(name, np.full(grid.n_members, np.nan))[g.index] = value
+    return {name: v.reshape(grid.shape) for name, v in floors.items()}
+
+
 def run_sweep(cfg: Config, log=sys.stderr, store=None, should_stop=lambda: False) -> tuple[xr.Dataset, dict]:
     """Train every member of the sweep; returns (results Dataset, manifest dict).
 
@@ -50,7 +71,6 @@ def run_sweep(cfg: Config, log=sys.stderr, store=None, should_stop=lambda: False
         with precision(cfg):
             x, y = task.test_set(jnp.float64 if cfg.train.precision == "float64" else jnp.float32)
         test = (np.asarray(x)[:, 0], np.asarray(y)[:, 0])
-    irreducible = task.entropy_rate() if hasattr(task, "entropy_rate") else None
-    ds = results.build_dataset(cfg, grid, outputs, steps, test, irreducible)
+    ds = results.build_dataset(cfg, grid, outputs, steps, test, task_floors(grid))
     man = results.manifest([o.compile_s for o in outputs], wall, [str(d) for d in jax.devices()])
     return ds, man

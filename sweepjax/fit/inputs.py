@@ -69,7 +69,8 @@ def check_x(x: object, form: Form) -> np.ndarray:
 
 def check_y(y: object, n: int, *, runs: bool = False) -> np.ndarray:
     """Validated float64 y: 1-D ``(n,)`` losses (finite, positive), or with ``runs=True`` a
-    2-D ``(n_runs, n)`` array where NaN marks a missing or diverged run."""
+    2-D ``(n_runs, n)`` array where NaN marks a missing run (ignored) and +inf a diverged run
+    (counted as the worst loss by `reduce_runs`)."""
     try:
         Y = np.asarray(y, dtype=np.float64)
     except (TypeError, ValueError):
@@ -80,11 +81,12 @@ def check_y(y: object, n: int, *, runs: bool = False) -> np.ndarray:
                             f"got shape {Y.shape}{extra}")
     if Y.shape[-1] != n:
         raise FitInputError(f"x has {n} points but y has {Y.shape[-1]}: lengths must match")
-    bad_nan = np.isinf(Y) if Y.ndim == 2 else ~np.isfinite(Y)
+    bad_nan = np.isneginf(Y) if Y.ndim == 2 else ~np.isfinite(Y)
     if np.any(bad_nan):
         idx = np.flatnonzero(bad_nan.ravel())[:5].tolist()
         raise FitInputError(f"y has {int(bad_nan.sum())} NaN/inf value(s) (flat indices {idx}); "
-                            "drop them, or pass runs as a 2-D y with NaN for missing runs")
+                            "drop them, or pass runs as a 2-D y with NaN for missing runs "
+                            "and +inf for diverged ones")
     with np.errstate(invalid="ignore"):
         nonpos = Y <= 0
     if np.any(nonpos):
@@ -120,7 +122,10 @@ def check_enough(X: np.ndarray, w: np.ndarray, form: Form) -> None:
 
 
 def reduce_runs(Y: np.ndarray, how: str, axis: int = -2) -> np.ndarray:
-    """NaN-aware median or mean of ``Y`` over its runs ``axis``; all-NaN columns give NaN."""
+    """NaN-aware median or mean of ``Y`` over its runs ``axis``; all-NaN columns give NaN.
+
+    NaN (a run that is missing) is ignored; +inf (a diverged run) counts as the worst loss, so a
+    median is +inf once half or more of a column's runs are +inf, and a mean once any is."""
     funcs = {"median": np.nanmedian, "mean": np.nanmean}
     if how not in funcs:
         raise FitInputError(f"reduce must be 'median' or 'mean', not {how!r}")

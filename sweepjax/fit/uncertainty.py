@@ -183,9 +183,12 @@ def bootstrap(x: object, y: object, form: str | Form = "power_law_offset", *,
     Args:
       x: sizes, as for `fit` (``n`` points).
       y: losses: 1-D ``(n,)`` resamples points; 2-D ``(n_runs, n)`` (e.g. seeds x widths,
-        NaN for missing or diverged runs) resamples runs (rows), reduces each resample over
-        runs with ``reduce`` ("median" or "mean", NaN-aware), then refits (a single run,
-        ``(1, n)``, resamples its points).
+        NaN for missing runs, +inf for diverged runs) resamples runs (rows), reduces each
+        resample over runs with ``reduce`` ("median" or "mean": NaN ignored, +inf counted as
+        the worst loss, see `reduce_runs`), then refits (a single run, ``(1, n)``, resamples
+        its points). A point whose reduced loss is +inf (or NaN) is left out of that fit,
+        the point fit and each resample's alike; a resample left with too few points to fit
+        is degenerate (NaN, see `BootstrapResult.n_valid`).
       form: form name or `Form`.
       n_resamples: number of resamples. seed: seed of the resampling (reproducible).
       level: confidence level of the percentile intervals (`BootstrapResult.ci`).
