@@ -41,9 +41,10 @@ def test_fit_results_fits_each_remaining_slice(sweep, tmp_path):
     for act, res in out.items():
         assert res.converged
         assert res.params["alpha"] == pytest.approx(TRUE[act]["alpha"], abs=0.02)
-        med = np.nanmedian(sweep["final_test_loss"].sel(activation=act).values, axis=0)
+        worst = sweep["final_test_loss"].where(~sweep["diverged"], np.inf)  # diverged = the worst loss
+        med = np.median(worst.sel(activation=act).values, axis=0)
         assert res.params == pytest.approx(fit(WIDTHS, med).params, rel=1e-9)
-    # a diverged member is ignored even if its loss is finite
+    # a diverged member counts as the worst loss whatever its stored loss
     bad = sweep.copy(deep=True)
     bad["final_test_loss"][1, 0, 3] = 1e6
     assert fit_results(bad)["relu"].params == pytest.approx(out["relu"].params, rel=1e-9)
@@ -55,7 +56,7 @@ def test_fit_results_fits_each_remaining_slice(sweep, tmp_path):
 def test_slices_and_tables(sweep):
     parts = sweep_slices(sweep)
     assert parts["relu"].x.shape == (7, 1) and parts["relu"].y.shape == (5, 7)
-    assert np.isnan(parts["relu"].y).sum() == 1
+    assert np.isposinf(parts["relu"].y).sum() == 1 and not np.isnan(parts["relu"].y).any()
     table = sweep[["final_test_loss", "diverged"]].to_dataframe().reset_index()
     by_table = fit_results(table, by="activation")
     assert by_table["gelu"].params == pytest.approx(fit_results(sweep)["gelu"].params, rel=1e-9)

@@ -4,7 +4,8 @@ file, a CSV file, an xarray Dataset/DataArray or a pandas DataFrame, turned into
 
 Layout of engine results: one dimension per swept config key (``seed``, ``width``,
 ``lr``, ``activation`` ...) with coordinates; data variables such as ``final_test_loss``
-and ``diverged`` over those dimensions (diverged members have NaN loss).
+and ``diverged`` over those dimensions (diverged members have NaN loss; here they count as
+the worst loss, +inf, so that a size where many runs diverged is not fitted from its survivors).
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from .inputs import FitInputError, reduce_runs
 @dataclass
 class Slice:
     """Data of one fit: ``x (n, V)`` sizes (columns named by ``names``) and ``y (runs, n)``
-    losses, NaN for missing or diverged runs."""
+    losses, NaN for missing runs, +inf for diverged ones (the worst loss)."""
 
     names: tuple[str, ...]
     x: np.ndarray
     y: np.ndarray
 
     def reduced(self, reduce: str = "median") -> tuple[np.ndarray, np.ndarray]:
-        """``(x, y)`` with y reduced over runs (NaN-aware) and points without any run dropped."""
+        """``(x, y)`` with y reduced over runs (NaN ignored, +inf counted as worst) and points whose
+        reduced loss is not finite (no run, or half or more diverged for a median) dropped."""
         y = reduce_runs(self.y, reduce, axis=0)
         keep = np.isfinite(y)
         return self.x[keep], y[keep]
@@ -73,7 +75,7 @@ def _key(values: tuple) -> object:
 
 def _table_slices(table: pd.DataFrame, xs: list[str], y: str, runs: list[str],
                   groups: list[str]) -> dict[object, Slice]:
-    """Slices of a table: one row per (sizes, run, group); rows with ``diverged`` true are NaN."""
+    """Slices of a table: one row per (sizes, run, group); rows with ``diverged`` true are +inf."""
     missing = [c for c in xs + runs + groups + [y] if c not in table.columns]
     if missing:
         raise FitInputError(f"table has no column(s) {', '.join(missing)} "
@@ -87,7 +89,7 @@ def _table_slices(table: pd.DataFrame, xs: list[str], y: str, runs: list[str],
             raise FitInputError(f"column {c!r} is not numeric")
     loss = table[y].astype(float)
     if "diverged" in table.columns:
-        loss = loss.where(~table["diverged"].astype(bool))
+        loss = loss.where(~table["diverged"].astype(bool), np.inf)
     table = table.assign(_loss=loss)
     out = {}
     for key, part in (table.groupby(groups, sort=True) if groups else [((), table)]):
@@ -114,7 +116,7 @@ def _dataset_slices(ds: xr.Dataset, xs: list[str], y: str, runs: list[str],
         raise FitInputError(f"y {y!r} is not numeric")
     loss = loss.astype(float)
     if "diverged" in ds.data_vars:
-        loss = loss.where(~ds["diverged"].astype(bool))
+        loss = loss.where(~ds["diverged"].astype(bool), np.inf)
     sizes = []
     for name in xs:
         if name not in ds.variables:
