@@ -52,7 +52,8 @@ SETTINGS: dict[str, tuple[str, list[str], dict]] = {
         "as adam-const-1e-3-10k in float64",
         ["silu"], {"train": {"lr": 1e-3, "schedule": "constant", "steps": 10000, "precision": "float64"}}),
     "lbfgs-f64-1k": (
-        "full-batch L-BFGS (zoom line search), float64, 1000 steps (SiLU only, widths <= 128: hangs, see the .md)",
+        "full-batch L-BFGS, float64, 1000 steps (SiLU only, widths <= 128; the .md's numbers used optax's zoom line "
+        "search, which could hang; the engine now uses a bounded backtracking search)",
         ["silu"], {"train": {"optimizer": "lbfgs", "precision": "float64", "steps": 1000}}),
 }
 # Settings that are run only up to this width (L-BFGS in float64 hung on a 2..256 sweep; see the .md).
@@ -62,7 +63,7 @@ QUICK = "adam-cos-3e-3-8k"
 
 BASE = {
     "task": {"function": "power", "power": 2.0, "low": -2.0, "high": 2.0,
-             "train_data": "grid", "grid_size": 201, "test_size": 1001},
+             "train_data": "grid", "grid_size": 201, "test_size": 1000},
     "model": {"family": "mlp", "depth": 1, "init": "torch"},
     "train": {"optimizer": "adam", "lr": 1e-3, "schedule": "constant", "final_lr_fraction": 0.0,
               "steps": 10000, "chunk_steps": 2000, "precision": "float32"},
@@ -82,6 +83,12 @@ def config(name: str, widths: list[int], seeds: int, grid: int | None):
         raw[section] = {**raw[section], **values}
     if grid:
         raw["task"]["grid_size"] = grid
+        raw["task"]["test_size"] = grid - 1  # midpoints that never lie on the training grid
+    if raw["task"]["train_data"] == "fresh":  # no training grid (the key would be refused)
+        del raw["task"]["grid_size"]
+    if raw["train"]["optimizer"] == "lbfgs":  # line search: no lr or schedule (refused)
+        for key in ("lr", "schedule", "final_lr_fraction"):
+            raw["train"].pop(key, None)
     raw["sweep"] = {"seed": {"range": [0, seeds]}, "model.width": list(widths), "model.activation": list(acts)}
     return build_config(raw, name=name)
 

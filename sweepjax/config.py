@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -29,7 +30,8 @@ class TaskConfig:
     high: float = 2.0
     train_data: str = "fresh"        # "fresh": new U[low, high] minibatch every step; "grid": full batch on a fixed grid
     batch_size: int = 1024           # minibatch size for train_data = "fresh"
-    grid_size: int = 1001            # points of the fixed training grid for train_data = "grid"
+    grid_size: int = 1000            # points of the fixed training grid for train_data = "grid" (1000: its
+                                     # points never meet the test grid's cell midpoints, whatever test_size)
     test_size: int = 1001            # points of the fixed evaluation grid (linspace low..high)
     data_seed: int = -1              # -1: each member's data stream follows its init seed; >= 0: one shared stream
     # markov: token sequences from a random Markov chain (batch_size / test_size count sequences)
@@ -367,7 +369,7 @@ def build_config(raw: dict, overrides: list[tuple[str, Any]] = (), name: str = "
 
 
 def _check_combinations(cfg: Config) -> None:
-    """Refuse combinations of values that cannot work together."""
+    """Refuse combinations of values that cannot work together, and keys that would do nothing."""
     optimizers = cfg.sweep.get("train.optimizer", [cfg.train.optimizer])
     data = cfg.sweep.get("task.train_data", [cfg.task.train_data])
     if "lbfgs" in optimizers and "fresh" in data:
@@ -376,6 +378,8 @@ def _check_combinations(cfg: Config) -> None:
     if cfg.task.low >= cfg.task.high:
         raise ConfigError(f"task.low = {cfg.task.low} >= task.high = {cfg.task.high}: need low < high")
     _check_family(cfg)
+    _check_applies(cfg)
+    _check_test_grid(cfg)
     if 0 < cfg.run.max_padding_waste < 1:
         raise ConfigError(f"run.max_padding_waste = {cfg.run.max_padding_waste}: must be 0 (no bucketing) or >= 1")
 
@@ -395,12 +399,6 @@ def _check_family(cfg: Config) -> None:
                                   f"trains on task {pairs[family]!r}")
     if "transformer" not in axis(cfg, "model.family"):
         return
-    if "grid" in axis(cfg, "task.train_data"):
-        raise ConfigError("task.train_data = 'grid' with task.name = 'markov': Markov sequences are drawn fresh "
-                          "every step; remove task.train_data")
-    if cfg.eval.save_predictions:
-        raise ConfigError("eval.save_predictions = true with task.name = 'markov': predictions are kept for "
-                          "regression-1d only")
     if "mup" in axis(cfg, "model.parameterization"):
         bad = [o for o in axis(cfg, "train.optimizer") if o not in ("adam", "adamw")]
         if bad:
@@ -419,6 +417,132 @@ def _check_family(cfg: Config) -> None:
             if rotary and size % 2:
                 raise ConfigError(f"model.positions = 'rotary' with head size {size} (width {width}): rotary "
                                   f"positions need an even head size")
+
+
+# ---- keys that act only in some configs (DESIGN invariant 5: a key does what it says or is refused) ----
+
+@dataclass(frozen=True)
+class Above:
+    """In a condition of :data:`APPLIES`: every value above ``bound``."""
+    bound: float
+
+    def __contains__(self, value: Any) -> bool:
+        return value > self.bound
+
+
+# A condition: key -> the values it must take (a tuple, or Above); all of them must hold.
+Condition = dict[str, "tuple | Above"]
+_REGRESSION: Condition = {"task.name": ("regression-1d",)}
+_MARKOV: Condition = {"task.name": ("markov",)}
+_MLP: Condition = {"model.family": ("mlp",)}
+_RESIDUAL_MLP: Condition = {"model.family": ("mlp",), "model.residual": (True,)}
+_TRANSFORMER: Condition = {"model.family": ("transformer",)}
+_MUP: Condition = {**_TRANSFORMER, "model.parameterization": ("mup",)}
+_FRESH: Condition = {"task.train_data": ("fresh",)}   # markov data is always fresh
+_STEPPED: Condition = {"train.optimizer": ("adam", "adamw", "sgd")}   # not lbfgs (line search)
+_ADAM: Condition = {"train.optimizer": ("adam", "adamw")}
+_LBFGS: Condition = {"train.optimizer": ("lbfgs",)}
+
+# Where a key has an effect: in a config that meets ANY of its conditions. Keys not listed act in
+# every config. A key set to a non-default value, or swept, is refused when no structural group of
+# the sweep meets any of its conditions (checked over every combination of the condition keys' values).
+APPLIES: dict[str, tuple[Condition, ...]] = {
+    **{f"task.{k}": (_REGRESSION,) for k in ("function", "power", "low", "high", "train_data")},
+    "task.grid_size": ({**_REGRESSION, "task.train_data": ("grid",)},),
+    "task.batch_size": (_FRESH,),
+    "task.data_seed": (_FRESH,),
+    **{f"task.{k}": (_MARKOV,) for k in ("vocab", "context", "chain_seed", "sparsity", "temperature")},
+    "model.residual": (_MLP,),
+    "model.init": (_MLP,),
+    **{f"model.{k}": (_RESIDUAL_MLP, _TRANSFORMER) for k in ("mlp_ratio", "norm", "depth_scaling")},
+    **{f"model.{k}": (_TRANSFORMER,) for k in ("head_size", "positions", "tie_embeddings", "parameterization")},
+    "model.heads": ({**_TRANSFORMER, "model.head_size": (0,)},),
+    "model.rope_base": ({**_TRANSFORMER, "model.positions": ("rotary",)},),
+    "model.zero_readout": ({**_TRANSFORMER, "model.tie_embeddings": (False,)},),
+    "model.base_width": (_MUP,),
+    "model.base_mlp_ratio": (_MUP,),
+    "train.lr": (_STEPPED,),
+    "train.schedule": (_STEPPED,),
+    "train.final_lr_fraction": ({**_STEPPED, "train.schedule": ("cosine", "warmup_cosine", "linear")},),
+    "train.warmup_fraction": ({**_STEPPED, "train.schedule": ("warmup_cosine",)},),
+    "train.momentum": ({"train.optimizer": ("sgd",)},),
+    "train.weight_decay": ({"train.optimizer": ("adamw",)},),
+    "train.decay_all": ({"train.optimizer": ("adamw",), "train.weight_decay": Above(0)},),
+    **{f"train.{k}": (_ADAM,) for k in ("adam_b1", "adam_b2", "adam_eps")},
+    **{f"train.{k}": (_LBFGS,) for k in ("lbfgs_memory", "lbfgs_linesearch_steps")},
+    "eval.save_predictions": (_REGRESSION,),
+}
+# Why, where it helps the reader of the error.
+_WHY = {
+    "train.lr": "L-BFGS takes its step length from a line search",
+    "train.schedule": "L-BFGS takes its step length from a line search",
+    "model.heads": "heads = width / head_size",
+    "eval.save_predictions": "predictions are kept for regression-1d only",
+}
+
+
+def default(key: str) -> Any:
+    """The schema's default value of ``key``."""
+    section, name = key.split(".")
+    return getattr(SECTIONS[section](), name)
+
+
+def applies(key: str, cfg: Config) -> bool:
+    """Whether ``key`` has an effect in at least one structural group of ``cfg``'s sweep (see :data:`APPLIES`)."""
+    conditions = APPLIES.get(key)
+    if conditions is None:
+        return True
+    keys = list(dict.fromkeys(k for c in conditions for k in c))
+    for values in itertools.product(*(axis(cfg, k) for k in keys)):
+        group = dict(zip(keys, values))
+        if any(all(group[k] in allowed for k, allowed in c.items()) for c in conditions):
+            return True
+    return False
+
+
+def _show(key: str, values: Any) -> str:
+    if isinstance(values, Above):
+        return f"{key} > {values.bound:g}"
+    return f"{key} = {values[0]!r}" if len(values) == 1 else f"{key} in {list(values)}"
+
+
+def _check_applies(cfg: Config) -> None:
+    """Refuse a key that is set (non-default or swept) where it would have no effect."""
+    for key, conditions in APPLIES.items():
+        if (key not in cfg.sweep and cfg.get(key) == default(key)) or applies(key, cfg):
+            continue
+        keys = dict.fromkeys(k for c in conditions for k in c)
+        blocking = [k for k in keys if any(v not in c[k] for c in conditions if k in c for v in axis(cfg, k))]
+        where = ", ".join(_show(k, axis(cfg, k)) for k in blocking)
+        only = "; or ".join(" and ".join(_show(k, allowed) for k, allowed in c.items()) for c in conditions)
+        value = f"sweep.{key} = {cfg.sweep[key]}" if key in cfg.sweep else f"{key} = {cfg.get(key)!r}"
+        why = f": {_WHY[key]}" if key in _WHY else ""
+        raise ConfigError(f"{value}: has no effect with {where} (only with {only}){why}; remove it")
+
+
+def grids_share_point(grid_size: int, test_size: int) -> bool:
+    """Whether the training grid ``linspace(low, high, grid_size)`` contains a point of the test grid
+    (the midpoints of ``test_size`` equal cells of [low, high]).
+
+    With a = grid_size - 1 and T = test_size, k/a = (2i + 1)/(2T) has a solution iff 2T / gcd(a, 2T)
+    is odd (equivalently: 2 x the largest power of 2 dividing T divides a).
+    """
+    t = 2 * test_size
+    return (t // math.gcd(grid_size - 1, t)) % 2 == 1
+
+
+def _check_test_grid(cfg: Config) -> None:
+    """Refuse a full-batch grid that shares a point with the test grid (the test loss would hold training loss)."""
+    if "grid" not in axis(cfg, "task.train_data") or "regression-1d" not in axis(cfg, "task.name"):
+        return
+    for g in axis(cfg, "task.grid_size"):
+        for t in axis(cfg, "task.test_size"):
+            if grids_share_point(g, t):
+                step = (g - 1) & -(g - 1)     # any multiple of the largest power of 2 dividing grid_size - 1 works
+                fix = max(step, round(t / step) * step)
+                raise ConfigError(f"task.test_size = {t} with task.grid_size = {g}: a test point lies on the "
+                                  f"training grid, so the test loss would partly be training loss; use "
+                                  f"task.test_size = {fix} (grid_size - 1 = {g - 1} always works)")
 
 
 def load_config(path: str | Path, overrides: list[str] = (), on_cpu: bool = False) -> Config:

@@ -8,7 +8,12 @@ import sys
 import pytest
 
 from sweepjax.cli import main
-from sweepjax.config import build_config, load_config, parse_override, to_toml
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from sweepjax.config import ConfigError, build_config, grids_share_point, load_config, parse_override, to_toml
 
 BAD = {
     "unknown key": ("[model]\nwidht = 4\n", "did you mean 'model.width'"),
@@ -49,6 +54,18 @@ BAD = {
     "sweep section not table": ("sweep = [1, 2]\n", "sweep = [1, 2]: must be a table"),
     "top-level scalar": ("width = 4\n", "unknown key 'width'"),
     "too big for memory": ('[model]\nresidual = true\nwidth = 1048576\nmlp_ratio = 64\ndepth = 4096\n', "GiB, more than"),
+    "momentum without sgd": ("[train]\nmomentum = 0.9\n",
+                             "train.momentum = 0.9: has no effect with train.optimizer = 'adam' (only with "
+                             "train.optimizer = 'sgd'); remove it"),
+    "swept momentum without sgd": ('[sweep]\n"train.momentum" = [0.5, 0.9]\n',
+                                   "sweep.train.momentum = [0.5, 0.9]: has no effect"),
+    "mup for an mlp": ('[model]\nparameterization = "mup"\n', "has no effect with model.family = 'mlp'"),
+    "lr with lbfgs": ('[task]\ntrain_data = "grid"\ntest_size = 1000\n[train]\noptimizer = "lbfgs"\nlr = 0.01\n',
+                      "train.lr = 0.01: has no effect with train.optimizer = 'lbfgs'"),
+    "batch size with grid data": ('[task]\ntrain_data = "grid"\ntest_size = 1000\nbatch_size = 64\n',
+                                  "task.batch_size = 64: has no effect with task.train_data = 'grid'"),
+    "test grid on training grid": ('[task]\ntrain_data = "grid"\ngrid_size = 201\ntest_size = 1001\n',
+                                   "use task.test_size = 1000"),
 }
 
 
@@ -136,3 +153,81 @@ def test_overrides_generators_and_on_cpu(tmp_path):
     path.write_text(to_toml(cfg))
     again = load_config(path)
     assert again.to_dict() == cfg.to_dict()
+
+
+MARKOV = {"task": {"name": "markov"}, "model": {"family": "transformer"}}
+GRID = {"task": {"train_data": "grid", "test_size": 1000}}
+# Known keys that would do nothing in these configs (pinned here, independently of config.APPLIES).
+DEAD = [
+    ({"model": {"parameterization": "mup"}}, "model.parameterization"),
+    ({**GRID, "train": {"optimizer": "lbfgs", "lr": 0.1}}, "train.lr"),
+    ({**GRID, "train": {"optimizer": "lbfgs", "schedule": "cosine"}}, "train.schedule"),
+    ({"model": {"family": "transformer", "head_size": 8, "heads": 2}, "task": {"name": "markov"}}, "model.heads"),
+    ({"model": {"family": "transformer", "tie_embeddings": True, "zero_readout": True}, "task": {"name": "markov"}},
+     "model.zero_readout"),
+    ({"train": {"weight_decay": 0.1}}, "train.weight_decay"),
+    ({"train": {"optimizer": "sgd", "adam_b2": 0.99}}, "train.adam_b2"),
+    ({"train": {"optimizer": "adamw", "decay_all": True}}, "train.decay_all"),
+    ({"train": {"lbfgs_memory": 3}}, "train.lbfgs_memory"),
+    ({"train": {"final_lr_fraction": 0.1}}, "train.final_lr_fraction"),
+    ({"train": {"schedule": "cosine", "warmup_fraction": 0.1}}, "train.warmup_fraction"),
+    ({"task": {"grid_size": 101}}, "task.grid_size"),
+    ({"model": {"mlp_ratio": 4, "norm": "rmsnorm"}}, "model.mlp_ratio"),
+    ({"model": {"depth_scaling": "inv_sqrt"}}, "model.depth_scaling"),
+    ({"model": {"rope_base": 100.0}}, "model.rope_base"),
+    ({"model": {"family": "transformer", "rope_base": 100.0}, "task": {"name": "markov"}}, "model.rope_base"),
+    ({**MARKOV, "model": {"family": "transformer", "residual": True}}, "model.residual"),
+    ({**MARKOV, "model": {"family": "transformer", "init": "normal"}}, "model.init"),
+    ({"model": {"family": "transformer", "base_width": 16}, "task": {"name": "markov"}}, "model.base_width"),
+    ({"task": {"name": "markov", "power": 3.0}, "model": {"family": "transformer"}}, "task.power"),
+    ({"task": {"vocab": 8}}, "task.vocab"),
+    ({"task": {"temperature": 0.5}}, "task.temperature"),
+    ({"task": {"train_data": "grid", "test_size": 1000, "data_seed": 3}}, "task.data_seed"),
+]
+
+
+@pytest.mark.parametrize("raw, key", DEAD, ids=[key for _, key in DEAD])
+def test_key_that_does_nothing_is_refused(raw, key):
+    with pytest.raises(ConfigError, match=rf"^{key} = .*: has no effect with .* \(only with .*; remove it$"):
+        build_config(raw)
+
+
+def test_key_acting_in_one_group_of_the_sweep_is_accepted():
+    """momentum acts in the sgd group of an optimizer sweep; decay_all in the adamw group with weight decay."""
+    cfg = build_config({"train": {"momentum": 0.9}, "sweep": {"train.optimizer": ["adam", "sgd"]}})
+    assert cfg.train.momentum == 0.9
+    build_config({"train": {"optimizer": "adamw", "decay_all": True}, "sweep": {"train.weight_decay": [0.0, 0.1]}})
+    build_config({"model": {"mlp_ratio": 2}, "sweep": {"model.residual": [False, True]}})
+    with pytest.raises(ConfigError, match="has no effect"):
+        build_config({"train": {"momentum": 0.9}, "sweep": {"train.optimizer": ["adam", "adamw"]}})
+
+
+def test_grids_share_a_point_iff_the_formula_says_so():
+    """Brute force over (grid_size, test_size): training point k/a = test midpoint (2i + 1)/(2T) in exact
+    arithmetic iff grids_share_point; the task's float64 grids agree; test_size = grid_size - 1 always works."""
+    from sweepjax.tasks.regression import Regression1D
+    for g in range(2, 66):
+        a = g - 1
+        train = {Fraction(k, a) for k in range(g)}
+        for t in range(2, 66):
+            shared = any(Fraction(2 * i + 1, 2 * t) in train for i in range(t))
+            assert grids_share_point(g, t) == shared, (g, t)
+        assert not grids_share_point(g, a)
+    import jax
+    with jax.enable_x64(True):
+        for g, t in [(201, 1001), (201, 1000), (1001, 2001), (1001, 2000), (9, 12), (9, 8), (5, 6)]:
+            cfg = build_config({"task": {"low": -2.0, "high": 3.0}}).task
+            cfg.grid_size, cfg.test_size = g, t
+            task = Regression1D(cfg)
+            x_train = np.asarray(task.grid(g, np.float64))[:, 0]
+            x_test = np.asarray(task.test_set(np.float64)[0])[:, 0]
+            gap = np.min(np.abs(x_train[:, None] - x_test[None, :]))
+            assert (gap < 1e-12) == grids_share_point(g, t), (g, t, gap)
+            np.testing.assert_allclose(x_test, -2.0 + (np.arange(t) + 0.5) * 5.0 / t)
+
+
+def test_shipped_configs_are_valid():
+    """Every config in configs/ validates, GPU-sized and with its [on_cpu] sizes."""
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")):
+        for on_cpu in (False, True):
+            load_config(path, on_cpu=on_cpu)

@@ -17,8 +17,9 @@ TASK = {"name": "markov", "vocab": 8, "context": 8, "batch_size": 8, "test_size"
 
 
 def config(sweep: dict, model: dict | None = None, train: dict | None = None, task: dict | None = None, **sections):
+    model = {"family": "transformer", "depth": 1, **({} if "head_size" in (model or {}) else {"heads": 2}), **(model or {})}
     raw = {"task": {**TASK, **(task or {})},
-           "model": {"family": "transformer", "depth": 1, "heads": 2, **(model or {})},
+           "model": model,
            "train": {"steps": 12, "chunk_steps": 5, "lr": 1e-2, **(train or {})},
            "eval": {"points": 4}, "run": {"max_padding_waste": 0}, **sections, "sweep": sweep}
     return build_config(raw)
@@ -117,7 +118,7 @@ def test_counts_match_the_program(model):
 @pytest.mark.parametrize("model, member, sweep", [
     ({"norm": "layernorm"}, dict(width=8, heads=1, mlp_ratio=1, depth=1),
      {"model.width": [8, 16], "model.heads": [1, 4], "model.mlp_ratio": [1, 4], "model.depth": [1, 3]}),
-    ({"norm": "rmsnorm", "positions": "rotary", "parameterization": "mup", "base_width": 8, "head_size": 4, "heads": 4},
+    ({"norm": "rmsnorm", "positions": "rotary", "parameterization": "mup", "base_width": 8, "head_size": 4},
      dict(width=4, mlp_ratio=4, depth=2), {"model.width": [4, 16], "model.mlp_ratio": [1, 4], "model.depth": [1, 2]}),
 ], ids=["one-head-ratio1-depth1-next-to-many", "head-size-mup-width4-ratio4"])
 def test_padding_invariance_edges(model, member, sweep):
@@ -133,7 +134,7 @@ def test_padding_invariance_edges(model, member, sweep):
 
 @pytest.mark.parametrize("model", [
     {"heads": 2, "mlp_ratio": 2},
-    {"head_size": 4, "heads": 4, "mlp_ratio": 4, "base_mlp_ratio": 4, "positions": "rotary"},
+    {"head_size": 4, "mlp_ratio": 4, "base_mlp_ratio": 4, "positions": "rotary"},
 ], ids=["heads", "head-size-base-ratio"])
 def test_mup_equals_sp_at_base_width(model):
     """At width == base_width muP and SP are the same model: same init, same losses step by step."""
