@@ -107,11 +107,14 @@ def plot_ensemble(ds: xr.Dataset, path: Path, draws: int = 100) -> Path:
 
 
 def plot_mirror(ds: xr.Dataset, path: Path, tol: float = 0.05, **sel) -> Path:
-    """Neurons (w, b) of the widest net (seed 0), trained vs init, coloured by mirror distance."""
+    """Neurons (w, b) of the widest net (its first seed that did not diverge: a diverged member's
+    parameters are NaN), trained vs init, coloured by mirror distance."""
     width = int(ds["width"].values.max())
     sub = ds.sel(width=width, **sel)
     if "seed" in sub.dims:
-        sub = sub.isel(seed=0)
+        div = sub["diverged"].astype(bool) if "diverged" in sub else None
+        ok = np.flatnonzero(~div.any([d for d in div.dims if d != "seed"]).values) if div is not None else [0]
+        sub = sub.isel(seed=int(ok[0]) if len(ok) else 0)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     for ax, prefix, title in ((axes[0], "param.init.", "at init"), (axes[1], "param.", "trained")):
         w = sub[prefix + "w_in"].values.reshape(-1)[:width]
