@@ -179,7 +179,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         ds = results.load(out)
     except (FileNotFoundError, OSError) as e:
         raise ConfigError(f"cannot read results in {str(out)!r}: {e}") from None
-    cfg = load_config(out / results.CONFIG_FILE)
+    # only run.* is used: a config saved by an older version may hold keys refused since
+    cfg = load_config(out / results.CONFIG_FILE, combinations=False)
     analyse(out, ds, cfg.run)
     return 0
 
@@ -194,7 +195,8 @@ def cmd_coordcheck(args: argparse.Namespace) -> int:
     from sweepjax.engine import run_sweep
     from sweepjax.engine.lock import OutputLock
     from sweepjax.plots import plot_coordcheck
-    cfg = coordcheck_config(load_config(args.config, args.set, on_cpu=jax.default_backend() == "cpu"), args.steps)
+    cfg = coordcheck_config(load_config(args.config, args.set, on_cpu=jax.default_backend() == "cpu",
+                                        combinations=False), args.steps)
     cfg.name = f"{cfg.name}-coordcheck"
     out = Path(args.out or Path("runs") / cfg.name)
     with OutputLock(out):

@@ -32,7 +32,7 @@ class TaskConfig:
     batch_size: int = 1024           # minibatch size for train_data = "fresh"
     grid_size: int = 1000            # points of the fixed training grid for train_data = "grid" (1000: its
                                      # points never meet the test grid's cell midpoints, whatever test_size)
-    test_size: int = 1001            # points of the fixed evaluation grid (linspace low..high)
+    test_size: int = 1001            # points of the fixed evaluation grid (midpoints of test_size equal cells of [low, high])
     data_seed: int = -1              # -1: each member's data stream follows its init seed; >= 0: one shared stream
     # markov: token sequences from a random Markov chain (batch_size / test_size count sequences)
     vocab: int = 32                  # tokens V
@@ -86,7 +86,8 @@ class TrainConfig:
     adam_b2: float = 0.999           # adam/adamw second-moment decay
     adam_eps: float = 1e-8           # adam/adamw epsilon
     divergence_loss: float = 1e10    # a member whose train loss is non-finite or above this is flagged and frozen
-    divergence_factor: float = 1e4   # ... or above this many times its own initial train loss
+    divergence_factor: float = 1e4   # ... or above this many times its own initial train loss (0: rule off; raise
+                                     # it where models start near-perfect and may rise early, e.g. tiny targets)
     decay_all: bool = False          # adamw: also decay biases, norm gains and embeddings (default: matrices only)
 
 
@@ -154,7 +155,7 @@ MINIMUM: dict[str, tuple[float, bool]] = {
     "task.temperature": (0, False), "model.heads": (1, True), "model.head_size": (0, True),
     "model.rope_base": (1, False), "model.base_width": (1, True), "train.adam_b1": (0, True),
     "train.adam_b2": (0, True), "train.adam_eps": (0, True), "model.base_mlp_ratio": (0, True),
-    "train.lbfgs_linesearch_steps": (1, True), "train.divergence_factor": (1, False),
+    "train.lbfgs_linesearch_steps": (1, True), "train.divergence_factor": (0, True),
 }
 MAXIMUM: dict[str, float] = {
     "train.final_lr_fraction": 1.0, "train.warmup_fraction": 1.0, "train.momentum": 1.0,
@@ -322,11 +323,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def build_config(raw: dict, overrides: list[tuple[str, Any]] = (), name: str = "sweep",
-                 on_cpu: bool = False) -> Config:
+                 on_cpu: bool = False, combinations: bool = True) -> Config:
     """Validate a raw TOML dict plus overrides into a :class:`Config`.
 
     ``[on_cpu]`` entries (``"section.key" = value``) are applied when ``on_cpu`` is true, before
     the command-line overrides, so one config can describe both the GPU-sized and the CPU-sized sweep.
+    ``combinations = False`` checks each key alone but leaves :func:`check_combinations` to the caller
+    (for a config that is completed before it runs, as the coordinate check adds the muP sweep).
     """
     if not isinstance(raw, dict):
         raise ConfigError("config must be a TOML table")
@@ -364,11 +367,12 @@ def build_config(raw: dict, overrides: list[tuple[str, Any]] = (), name: str = "
     dims = [dim_name(k) for k in cfg.sweep]
     if len(set(dims)) != len(dims):
         raise ConfigError(f"sweep axes {list(cfg.sweep)} share a short name; results dims must be unique")
-    _check_combinations(cfg)
+    if combinations:
+        check_combinations(cfg)
     return cfg
 
 
-def _check_combinations(cfg: Config) -> None:
+def check_combinations(cfg: Config) -> None:
     """Refuse combinations of values that cannot work together, and keys that would do nothing."""
     optimizers = cfg.sweep.get("train.optimizer", [cfg.train.optimizer])
     data = cfg.sweep.get("task.train_data", [cfg.task.train_data])
@@ -517,7 +521,8 @@ def _check_applies(cfg: Config) -> None:
         only = "; or ".join(" and ".join(_show(k, allowed) for k, allowed in c.items()) for c in conditions)
         value = f"sweep.{key} = {cfg.sweep[key]}" if key in cfg.sweep else f"{key} = {cfg.get(key)!r}"
         why = f": {_WHY[key]}" if key in _WHY else ""
-        raise ConfigError(f"{value}: has no effect with {where} (only with {only}){why}; remove it")
+        raise ConfigError(f"{value}: has no effect with {where} (only with {only}){why}; remove it "
+                          f"(default {default(key)!r})")
 
 
 def grids_share_point(grid_size: int, test_size: int) -> bool:
@@ -545,7 +550,7 @@ def _check_test_grid(cfg: Config) -> None:
                                   f"task.test_size = {fix} (grid_size - 1 = {g - 1} always works)")
 
 
-def load_config(path: str | Path, overrides: list[str] = (), on_cpu: bool = False) -> Config:
+def load_config(path: str | Path, overrides: list[str] = (), on_cpu: bool = False, combinations: bool = True) -> Config:
     """Read, override and validate a TOML config file."""
     path = Path(path)
     if not path.is_file():
@@ -556,7 +561,8 @@ def load_config(path: str | Path, overrides: list[str] = (), on_cpu: bool = Fals
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-    return build_config(raw, [parse_override(o) for o in overrides], name=path.stem, on_cpu=on_cpu)
+    return build_config(raw, [parse_override(o) for o in overrides], name=path.stem, on_cpu=on_cpu,
+                        combinations=combinations)
 
 
 def differences(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:

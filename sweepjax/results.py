@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from sweepjax.config import Config, dim_name, to_toml
+from sweepjax.config import Config, axis, dim_name, to_toml
 from sweepjax.engine.train import GroupOutput
 from sweepjax.grid import Grid
 from sweepjax.models import count, family, tokens_per_step
@@ -87,6 +87,8 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
         "diverged": (dims, _scatter(grid, outputs, lambda o: o.diverged, False).astype(bool)),
         "diverged_step": (dims, _scatter(grid, outputs, lambda o: o.diverged_step, -1)),
     }
+    if "lbfgs" in axis(cfg, "train.optimizer"):
+        data["converged_step"] = (dims, _scatter(grid, outputs, lambda o: o.converged_step, -1))
     data["final_test_loss"] = (dims, data["test_loss"][1][..., -1])
     data.update({k: (dims, v) for k, v in counts(grid).items()})
     if outputs[0].activations is not None:
@@ -105,6 +107,9 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     ds = xr.Dataset(data, coords=coords)
     ds.attrs["sweepjax_config"] = to_toml(cfg)
     ds["final_test_loss"].attrs["description"] = "test loss of the final parameters (NaN if diverged)"
+    if "converged_step" in ds:
+        ds["converged_step"].attrs["description"] = ("L-BFGS: step at which the member was frozen because even a "
+                                                     "restarted line search found no decrease (-1: never)")
     for name, text in FLOOR_DESCRIPTIONS.items():
         if name in ds:
             ds[name].attrs["description"] = text

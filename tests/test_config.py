@@ -56,7 +56,7 @@ BAD = {
     "too big for memory": ('[model]\nresidual = true\nwidth = 1048576\nmlp_ratio = 64\ndepth = 4096\n', "GiB, more than"),
     "momentum without sgd": ("[train]\nmomentum = 0.9\n",
                              "train.momentum = 0.9: has no effect with train.optimizer = 'adam' (only with "
-                             "train.optimizer = 'sgd'); remove it"),
+                             "train.optimizer = 'sgd'); remove it (default 0.0)"),
     "swept momentum without sgd": ('[sweep]\n"train.momentum" = [0.5, 0.9]\n',
                                    "sweep.train.momentum = [0.5, 0.9]: has no effect"),
     "mup for an mlp": ('[model]\nparameterization = "mup"\n', "has no effect with model.family = 'mlp'"),
@@ -188,7 +188,7 @@ DEAD = [
 
 @pytest.mark.parametrize("raw, key", DEAD, ids=[key for _, key in DEAD])
 def test_key_that_does_nothing_is_refused(raw, key):
-    with pytest.raises(ConfigError, match=rf"^{key} = .*: has no effect with .* \(only with .*; remove it$"):
+    with pytest.raises(ConfigError, match=rf"^{key} = .*: has no effect with .* \(only with .*; remove it \(default .*\)$"):
         build_config(raw)
 
 

@@ -175,26 +175,32 @@ ds = run({{"seed": [4, 5, 6, 7]}}, model={{"width": 2, "activation": "relu"}},
          task={{"train_data": "grid", "grid_size": 201, "test_size": 200}},
          train={{"optimizer": "lbfgs", "steps": 200, "chunk_steps": 50, "precision": "float64"}}, eval={{"points": 10}})
 np.save({out!r}, ds.train_loss.values)
+np.save({steps!r}, ds.converged_step.values)
+np.save({evals!r}, ds.eval_step.values)
 """
 
 
 def test_lbfgs_finishes_under_vmap_when_a_member_is_flat(tmp_path):
     """Width-2 ReLU nets in float64 on a 201-point grid, seeds 4-7 together: with optax's default zoom
     line search seed 5 stops advancing (its objective is flat at rounding level) and the vmapped while
-    loop never exits. The bounded backtracking search finishes, and a converged member is frozen:
-    its loss never rises and stays constant once it stops improving."""
+    loop never exits. The bounded backtracking search finishes; a failed search drops its step and
+    restarts the memory, and a member whose restarted search also fails is frozen as converged: its
+    loss never rises, stays constant once it stops improving, and ``converged_step`` says when."""
     import os
     import subprocess
     import sys
-    out = tmp_path / "lbfgs.npy"
-    script = LBFGS_FLAT_SCRIPT.format(tests=os.path.dirname(__file__), out=str(out))
+    out, steps_file, evals_file = tmp_path / "lbfgs.npy", tmp_path / "steps.npy", tmp_path / "evals.npy"
+    script = LBFGS_FLAT_SCRIPT.format(tests=os.path.dirname(__file__), out=str(out), steps=str(steps_file),
+                                      evals=str(evals_file))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr
-    curves = np.load(out)
+    curves, steps, evals = np.load(out), np.load(steps_file), np.load(evals_file)
     assert np.all(np.isfinite(curves))
     assert np.all(np.diff(curves, axis=1) <= 0)          # a line search only accepts decreases
     assert np.all(curves[:, -1] < 0.6 * curves[:, 0])    # and every member learned (width-2 ReLU: bad tickets too)
-    assert np.all(curves[:, -1] == curves[:, -2])         # converged members sit still at the end
+    assert np.all((steps >= 0) & (steps < 200)), steps    # all four stop improving (ReLU width 2: few steps)
+    for curve, frozen in zip(curves, steps):               # and sit still from the step they were frozen
+        assert np.all(curve[evals > frozen] == curve[-1]), (frozen, curve)
 
 
 def test_adam_hyperparameters_reach_the_optimizer():
@@ -215,6 +221,8 @@ def test_relative_divergence_flags_a_blow_up_below_the_absolute_limit():
     assert not rel.diverged.sel(lr=1e-2) and rel.diverged.sel(lr=3.0)
     step_rel, step_abs = int(rel.diverged_step.sel(lr=3.0)), int(absolute.diverged_step.sel(lr=3.0))
     assert absolute.diverged.sel(lr=3.0) and step_rel < step_abs
+    off = run(sweep, train={"optimizer": "sgd", "divergence_factor": 0.0}, **kw)  # 0 switches the rule off
+    np.testing.assert_array_equal(off.diverged_step.values, absolute.diverged_step.values)
     # at the step where it was flagged the loss was finite and far below the absolute limit
     curve = absolute.train_loss.sel(lr=3.0)
     assert np.isfinite(curve.sel(eval_step=step_rel)) and curve.sel(eval_step=step_rel) < 1e10

@@ -106,6 +106,13 @@ def test_too_few_fittable_widths_gives_a_note_not_a_traceback():
     assert "\n" not in line and "no fit" in line and "16, 32, 64, 128 not fitted" in line
 
 
+def test_slice_with_every_member_diverged_gives_a_note_not_a_traceback():
+    """A slice where every width diverged (e.g. the too-large lr of an lr sweep) is a note; fitting the
+    other slices goes on (it raised IndexError in the fit library's input check)."""
+    (row,) = width_scaling(sweep({int(w): SEEDS for w in WIDTHS}), n_boot=10)
+    assert row["alpha"] is None and row["widths"] == [] and "no points" in row["note"]
+
+
 def test_below_floor_member_is_left_out_with_one_warning_line():
     ds = sweep({})
     ds["final_test_loss"][3, 2] = -1e-6

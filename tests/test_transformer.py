@@ -16,13 +16,14 @@ from sweepjax.models import count, make_model
 TASK = {"name": "markov", "vocab": 8, "context": 8, "batch_size": 8, "test_size": 16}
 
 
-def config(sweep: dict, model: dict | None = None, train: dict | None = None, task: dict | None = None, **sections):
+def config(sweep: dict, model: dict | None = None, train: dict | None = None, task: dict | None = None,
+           combinations: bool = True, **sections):
     model = {"family": "transformer", "depth": 1, **({} if "head_size" in (model or {}) else {"heads": 2}), **(model or {})}
     raw = {"task": {**TASK, **(task or {})},
            "model": model,
            "train": {"steps": 12, "chunk_steps": 5, "lr": 1e-2, **(train or {})},
            "eval": {"points": 4}, "run": {"max_padding_waste": 0}, **sections, "sweep": sweep}
-    return build_config(raw)
+    return build_config(raw, combinations=combinations)
 
 
 def run(sweep, **kw):
@@ -190,7 +191,7 @@ def test_coordinate_check_flat_under_mup_drifting_under_sp():
     under SP the spread is over 3x muP's and grows with the steps."""
     raw = config({"model.width": [16, 32, 64, 128, 256], "seed": [0]},
                  model={"norm": "layernorm", "depth": 2, "head_size": 8, "mlp_ratio": 4, "base_width": 16},
-                 task={"vocab": 16, "context": 8, "batch_size": 8, "test_size": 8})
+                 task={"vocab": 16, "context": 8, "batch_size": 8, "test_size": 8}, combinations=False)
     ds = run_sweep(coordcheck_config(raw, 4), log=None)[0]
     first, last = spread(ds, 1), spread(ds)
     for probe in ("attn_out", "mlp_out", "residual"):
@@ -255,3 +256,16 @@ def test_transformer_too_big_for_memory_is_refused_before_compile():
                  task={"context": 2048, "batch_size": 64}, run={"max_padding_waste": 0, "memory_limit_gb": 1.0})
     with pytest.raises(ConfigError, match="width 8192, depth 48 needs"):
         check_memory(cfg)
+
+
+def test_coordcheck_config_saves_a_config_the_engine_accepts(tmp_path):
+    """The coordinate check turns the schedule constant; its saved config must not keep the schedule's
+    keys (refused as no-ops), or `sweepjax plot`/reloading the results directory would fail."""
+    from sweepjax.config import load_config, to_toml
+    raw = config({"model.width": [16, 32]}, model={"base_width": 16},
+                 train={"schedule": "warmup_cosine", "final_lr_fraction": 0.1, "warmup_fraction": 0.1},
+                 combinations=False)
+    cfg = coordcheck_config(raw, 3)
+    (tmp_path / "config.toml").write_text(to_toml(cfg))
+    again = load_config(tmp_path / "config.toml")
+    assert again.train.schedule == "constant" and again.sweep["model.parameterization"] == ["sp", "mup"]

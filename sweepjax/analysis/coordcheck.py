@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from sweepjax.config import Config, ConfigError
+from sweepjax.config import Config, ConfigError, check_combinations
 
 
 def coordcheck_config(cfg: Config, steps: int) -> Config:
@@ -20,6 +20,8 @@ def coordcheck_config(cfg: Config, steps: int) -> Config:
 
     ``model.parameterization`` is swept over [sp, mup] unless the config sweeps it already. All
     widths share one padded program per parameterization (a few steps are cheap next to compiles).
+    ``cfg`` may be loaded with ``combinations=False`` (muP keys such as base_width are refused under
+    SP alone); the completed config is checked here.
     """
     if cfg.model.family != "transformer":
         raise ConfigError(f"model.family = {cfg.model.family!r}: the coordinate check is for transformers")
@@ -28,10 +30,12 @@ def coordcheck_config(cfg: Config, steps: int) -> Config:
     if steps < 1:
         raise ConfigError(f"--steps {steps}: must be >= 1")
     new = cfg.with_values({"train.steps": steps, "train.chunk_steps": steps, "eval.points": steps,
-                           "train.schedule": "constant", "eval.activations": True, "eval.save_params": False,
+                           "train.schedule": "constant", "train.final_lr_fraction": 0.0,
+                           "train.warmup_fraction": 0.0, "eval.activations": True, "eval.save_params": False,
                            "run.max_padding_waste": 0.0})
     new.sweep = dict(cfg.sweep)
     new.sweep.setdefault("model.parameterization", ["sp", "mup"])
+    check_combinations(new)
     return new
 
 

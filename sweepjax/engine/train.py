@@ -52,6 +52,7 @@ class GroupOutput:
     test_loss: np.ndarray        # (n, n_eval)
     diverged: np.ndarray         # (n,) bool
     diverged_step: np.ndarray    # (n,) int, -1 if never
+    converged_step: np.ndarray   # (n,) int: L-BFGS step at which the member was frozen as converged, -1 if never
     predictions: np.ndarray | None  # (n, test_size) or None
     activations: np.ndarray | None  # (n, n_eval, n_probes) activation RMS at each evaluation, or None
     params: dict | None          # leaf name -> (n, *padded shape) or None; "init." names: at init
@@ -99,6 +100,8 @@ class GroupProgram:
             "init_loss": jnp.full((), jnp.nan, self.dtype),
             "diverged": jnp.zeros((), bool),
             "converged": jnp.zeros((), bool),
+            "converged_step": jnp.full((), -1, jnp.int32),
+            "fresh": jnp.ones((), bool),
             "diverged_step": jnp.full((), -1, jnp.int32),
             "train_loss": jnp.full((n_eval,), jnp.nan, self.dtype),
             "test_loss": jnp.full((n_eval,), jnp.nan, self.dtype),
@@ -134,12 +137,17 @@ class GroupProgram:
             return self.task.loss(self._apply(p, x, m), y)
 
         params, opt = state["params"], state["opt"]
-        converged = state["converged"]
+        converged, restart = state["converged"], jnp.zeros((), bool)
         if needs_value_fn(tc):
             loss, grads = optax.value_and_grad_from_state(loss_of)(params, state=opt)
             updates, new_opt = tx.update(grads, opt, params, value=loss, grad=grads, value_fn=loss_of)
-            # A line search that found no decrease means the member has converged (to rounding): freeze it.
-            converged = converged | (optax.tree_utils.tree_get(new_opt, "value") >= loss)
+            # A line search that finds no decrease drops its step and restarts the L-BFGS memory; when even
+            # a restarted memory (a scaled gradient step) finds none, the member is flat at rounding level:
+            # it has converged and is frozen (``converged_step``).
+            restart = optax.tree_utils.tree_get(new_opt, "value") >= loss
+            converged = converged | (restart & state["fresh"])
+            updates = jax.tree.map(lambda u: jnp.where(restart, jnp.zeros_like(u), u), updates)
+            new_opt = jax.tree.map(lambda a, b: jnp.where(restart, a, b), tx.init(params), new_opt)
         else:
             loss, grads = jax.value_and_grad(loss_of)(params)
             updates, new_opt = tx.update(grads, opt, params)
@@ -151,7 +159,8 @@ class GroupProgram:
         # A member whose loss is non-finite, above the absolute limit or above divergence_factor x its
         # own initial loss, or whose update would leave non-finite parameters, is flagged and frozen.
         init_loss = jnp.where(t == 0, loss, state["init_loss"])
-        blown_up = (loss > tc.divergence_loss) | ((init_loss > 0) & (loss > tc.divergence_factor * init_loss))
+        relative = (tc.divergence_factor > 0) & (init_loss > 0) & (loss > tc.divergence_factor * init_loss)
+        blown_up = (loss > tc.divergence_loss) | relative
         diverged = state["diverged"] | ~jnp.isfinite(loss) | blown_up
         params_ok = tree_all_finite(new_params)
         accept = ~diverged & ~converged & params_ok & (t < tc.steps)
@@ -175,6 +184,8 @@ class GroupProgram:
                 "init_loss": init_loss,
                 "diverged": diverged,
                 "converged": converged,
+                "converged_step": jnp.where(converged & (state["converged_step"] < 0), t, state["converged_step"]),
+                "fresh": jnp.where(accept, restart, state["fresh"]),
                 "diverged_step": jnp.where(diverged & (state["diverged_step"] < 0), t, state["diverged_step"])}
 
     def _predict_member(self, params, m):
@@ -294,7 +305,8 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
             compile_s = compile_s or c_s
             run_s += r_s
             host.update({k: to_host(state[k])[: len(idx)]
-                         for k in ("train_loss", "test_loss", "diverged", "diverged_step", "activations") if k in state})
+                         for k in ("train_loss", "test_loss", "diverged", "diverged_step", "converged_step", "activations")
+                         if k in state})
             # A diverged member's frozen parameters are its last finite ones, not a result: NaN them.
             failed = lambda a: np.where(host["diverged"].reshape((-1,) + (1,) * (a.ndim - 1)), np.nan, a)
             if cfg.eval.save_predictions:
@@ -307,4 +319,4 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
     cat = lambda k: np.concatenate([p[k] for p in parts]) if k in parts[0] else None
     params = {k[len("params/"):]: cat(k) for k in parts[0] if k.startswith("params/")} or None
     return GroupOutput(cat("train_loss"), cat("test_loss"), cat("diverged"), cat("diverged_step"),
-                       cat("predictions"), cat("activations"), params, compile_s, run_s)
+                       cat("converged_step"), cat("predictions"), cat("activations"), params, compile_s, run_s)

@@ -59,6 +59,8 @@ def check_x(x: object, form: Form) -> np.ndarray:
         raise FitInputError(f"x has {int(np.sum(~np.isfinite(X)))} NaN/inf value(s)")
     if np.any(X <= 0):
         raise FitInputError(f"x must be positive (sizes); found {int(np.sum(X <= 0))} value(s) <= 0")
+    if len(X) == 0:
+        raise FitInputError("x has no points: nothing to fit")
     for i, v in enumerate(form.variables):
         distinct = np.unique(X[:, i])
         if distinct.size < 2:
