@@ -164,7 +164,7 @@ def sweep_slices(source: object, x: str | Sequence[str] = "width",
         every dimension that is neither a size nor a run dimension does so anyway.
 
     Returns: {key: `Slice`}, key None when there is a single slice, else the group value
-    (one group axis) or tuple of values. Members flagged ``diverged`` are NaN.
+    (one group axis) or tuple of values. Members flagged ``diverged`` are +inf (the worst loss).
     """
     xs, runs, groups = _names(x), _names(over), _names(by)
     if not xs:
