@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from sweepjax.config import build_config
-from sweepjax.engine import run_sweep
+from sweepjax.run import run_sweep
 
 # name -> (what it tests, activations, overrides of the base config below)
 SETTINGS: dict[str, tuple[str, list[str], dict]] = {

@@ -5,122 +5,33 @@ User mistakes (bad config, bad paths) print one ``error:`` line and exit with co
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-import shutil
 import signal
 import sys
 from pathlib import Path
 
 from sweepjax.config import ConfigError
 
-CHECKPOINT_DIR = "checkpoints"  # same name as sweepjax.engine.checkpoint.CHECKPOINT_DIR (kept import-light)
-
 EXIT_USER_ERROR = 2
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output path {str(out)!r} exists and is not a directory; choose another --out")
-    if overwrite:
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    elif (out / "results.nc").exists():
-        raise ConfigError(f"{str(out)!r} already holds results; pass --overwrite or choose another --out")
-    elif (out / CHECKPOINT_DIR).exists():
-        raise ConfigError(f"{str(out)!r} holds an unfinished sweep; continue it with "
-                          f"'sweepjax run --resume {out}' or pass --overwrite")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"cannot write to output directory {str(out)!r}: {e.strerror}") from None
-
-
-def _resume_config(args: argparse.Namespace, on_cpu: bool):
-    """The config of a resumed run: the saved one (plus --set), checked against CONFIG if given."""
-    from sweepjax.config import RESUME_SAFE_KEYS, differences, load_config
-    out = Path(args.resume)
-    saved_path = out / "config.toml"
-    if not saved_path.is_file():
-        raise ConfigError(f"--resume {str(out)!r}: no sweep to resume there (no config.toml)")
-    if (out / "results.nc").exists() and not (out / CHECKPOINT_DIR).exists():
-        raise ConfigError(f"--resume {str(out)!r}: that sweep already finished")
-    saved = load_config(saved_path)
-    cfg = load_config(args.config, args.set, on_cpu=on_cpu) if args.config else load_config(saved_path, args.set)
-    allowed = set(args.allow_change)
-    for key in allowed - set(RESUME_SAFE_KEYS):
-        raise ConfigError(f"--allow-change {key}: changing it would change results; only "
-                          f"{', '.join(RESUME_SAFE_KEYS)} may change on resume")
-    diff = {k: v for k, v in differences(saved, cfg).items() if k not in allowed}
-    if diff:
-        listed = "; ".join(f"{k} (saved {a!r}, now {b!r})" for k, a, b in ((k, *v) for k, v in diff.items()))
-        raise ConfigError(f"--resume {str(out)!r}: config differs from the saved one in {listed}")
-    cfg.name = saved.name if not args.config else cfg.name
-    return cfg, out
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run (or resume) a sweep, save results, fit the width exponent, make figures."""
-    with contextlib.ExitStack() as held:  # holds the output directory's lock, taken in _run, to the end
-        return _run(args, held)
-
-
-def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
-    import jax
+    """Run (or resume) a sweep with :func:`sweepjax.run.run`: save results, fit the width exponent, make figures."""
     if args.distributed:
         start_distributed(args)
-    main_process = jax.process_index() == 0
-
-    from sweepjax import results
-    from sweepjax.config import load_config
-    from sweepjax.engine import run_sweep
-    from sweepjax.engine.checkpoint import Interrupted, Store
-    from sweepjax.engine.lock import OutputLock
-    from sweepjax.engine.sweep import check_memory
-    on_cpu = jax.default_backend() == "cpu"
-    if args.resume:
-        held.enter_context(OutputLock(args.resume, create=False, enabled=main_process))
-        cfg, out = _resume_config(args, on_cpu)
-    elif not args.config:
+    if not args.config and not args.resume:
         raise ConfigError("sweepjax run needs a CONFIG file (or --resume DIR)")
-    else:
-        cfg = load_config(args.config, args.set, on_cpu=on_cpu)
-        out = Path(args.out or cfg.run.out or Path("runs") / cfg.name)
-        check_memory(cfg)
-        held.enter_context(OutputLock(out, enabled=main_process))
-        _check_out(out, args.overwrite)
-        if on_cpu and "on_cpu" in Path(args.config).read_text(encoding="utf-8"):
-            print("no accelerator found: using the config's [on_cpu] sizes (the full sweep needs a GPU)",
-                  file=sys.stderr)
-        if jax.process_count() > 1:  # every process checked the directory before any writes to it
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices("sweepjax: output checked")
-        if main_process:
-            results.save_config(cfg, out)
-    store = Store(out, keep=cfg.run.keep_checkpoints, every_steps=cfg.run.checkpoint_steps,
-                  every_minutes=cfg.run.checkpoint_minutes)
+    from sweepjax.engine.checkpoint import Interrupted
+    from sweepjax.run import run
     stop = _StopFlag()
     try:
-        ds, manifest = run_sweep(cfg, store=store, should_stop=stop)
+        run(args.config, args.set, out=Path(args.resume) if args.resume else (args.out or True), progress=True,
+            overwrite=args.overwrite, resume=bool(args.resume), allow_change=args.allow_change, should_stop=stop,
+            command=" ".join(["sweepjax"] + sys.argv[1:]))
     except Interrupted as e:
-        print(f"interrupted ({e}); checkpoint written. Resume with: sweepjax run --resume {out}", file=sys.stderr)
+        print(f"interrupted ({e}); checkpoint written. Resume with: sweepjax run --resume {e.out}", file=sys.stderr)
         return 130
     finally:
         stop.restore()
-        store.close()
-    if not main_process:  # multi-host: process 0 writes and analyses
-        return 0
-    manifest["command"] = " ".join(["sweepjax"] + sys.argv[1:])
-    results.save(ds, cfg, out, manifest)
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    print(f"results: {out}/ (results.nc, config.toml, manifest.json)")
-    n_div = int(ds["diverged"].sum())
-    if n_div:
-        print(f"warning: {n_div} member(s) diverged and were frozen (see the 'diverged' variable)")
-    analyse(out, ds, cfg.run)
     return 0
 
 
@@ -155,25 +66,11 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def analyse(out: Path, ds, run_cfg) -> None:
-    """Width-scaling fit (printed, saved as fit.json) and figures, when the sweep has a width axis."""
-    if "width" not in ds.dims or ds.sizes["width"] < 3:
-        return
-    from sweepjax.analysis.scaling import describe, width_scaling
-    rows = width_scaling(ds, form=run_cfg.fit_form, n_boot=run_cfg.bootstrap)
-    for row in rows:
-        print(describe(row))
-    (out / "fit.json").write_text(json.dumps(rows, indent=2))
-    if run_cfg.figures:
-        from sweepjax.plots import make_figures
-        for path in make_figures(ds, rows, out / "figures"):
-            print(f"figure: {path}")
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
     """Remake fit and figures of a results directory."""
     from sweepjax import results
     from sweepjax.config import load_config
+    from sweepjax.run import analyse
     out = Path(args.dir)
     try:
         ds = results.load(out)
@@ -181,7 +78,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot read results in {str(out)!r}: {e}") from None
     # only run.* is used: a config saved by an older version may hold keys refused since
     cfg = load_config(out / results.CONFIG_FILE, combinations=False)
-    analyse(out, ds, cfg.run)
+    analyse(out, ds, cfg.run, log=sys.stdout, warn=sys.stderr)
     return 0
 
 
@@ -192,16 +89,16 @@ def cmd_coordcheck(args: argparse.Namespace) -> int:
     from sweepjax import results
     from sweepjax.analysis.coordcheck import coordcheck_config, describe
     from sweepjax.config import load_config
-    from sweepjax.engine import run_sweep
     from sweepjax.engine.lock import OutputLock
     from sweepjax.plots import plot_coordcheck
+    from sweepjax.run import check_out, run_sweep
     cfg = coordcheck_config(load_config(args.config, args.set, on_cpu=jax.default_backend() == "cpu",
                                         combinations=False), args.steps)
     cfg.name = f"{cfg.name}-coordcheck"
     out = Path(args.out or Path("runs") / cfg.name)
     with OutputLock(out):
-        _check_out(out, overwrite=True)
-        ds, manifest = run_sweep(cfg)
+        check_out(out, overwrite=True)
+        ds, manifest = run_sweep(cfg, log=sys.stderr)
         manifest["command"] = " ".join(["sweepjax"] + sys.argv[1:])
         results.save(ds, cfg, out, manifest)
         print(describe(ds))
@@ -266,10 +163,21 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_coordcheck)
     i = sub.add_parser("info", help="devices and versions")
     i.set_defaults(func=cmd_info)
-    from sweepjax.fit.cli import add_fit_parser, run_fit
-    add_fit_parser(sub)
-    sub.choices["fit"].set_defaults(func=run_fit)
+    # The fit parser lives with the fitting library, which imports JAX: it is built only when
+    # `sweepjax fit ...` runs. Here every argument after "fit" is passed on as it is (no prefix char).
+    f = sub.add_parser("fit", help="fit a scaling law to sweep results or a CSV file", add_help=False,
+                       prefix_chars="\0")
+    f.add_argument("fit_args", nargs=argparse.REMAINDER)
+    f.set_defaults(func=cmd_fit)
     return p
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """``sweepjax fit``: parse the arguments with the fitting library's own parser, then fit."""
+    from sweepjax.fit.cli import add_fit_parser, run_fit
+    p = argparse.ArgumentParser(prog="sweepjax")
+    add_fit_parser(p.add_subparsers(dest="command", required=True))
+    return run_fit(p.parse_args(["fit", *args.fit_args]))
 
 
 def main(argv: list[str] | None = None) -> int:

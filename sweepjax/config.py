@@ -72,14 +72,16 @@ class TrainConfig:
     seed: int = 0                    # init seed (sweep axis name: "seed")
     optimizer: str = "adam"          # adam | adamw | sgd | lbfgs
     lr: float = 1e-3                 # peak learning rate (ignored by lbfgs, which uses a line search)
-    schedule: str = "constant"       # constant | cosine | warmup_cosine | linear
-    final_lr_fraction: float = 0.0   # cosine/linear schedules end at lr * final_lr_fraction
+    lr_depth_scaling: float = 0.0    # c > 0: each member's peak lr is lr * c / sqrt(its true depth) (0: off)
+    schedule: str = "constant"       # constant | cosine | warmup_cosine | linear | wsd (over each member's steps)
+    final_lr_fraction: float = 0.0   # cosine/linear/wsd schedules end at lr * final_lr_fraction
     warmup_fraction: float = 0.0     # warmup_cosine: fraction of steps of linear warmup
+    decay_fraction: float = 0.2      # wsd: constant lr, then linear decay over this fraction of the member's steps
     weight_decay: float = 0.0        # adamw only
     momentum: float = 0.0            # sgd only
     lbfgs_memory: int = 10           # lbfgs history size
     lbfgs_linesearch_steps: int = 30 # lbfgs: most backtracking steps per iteration (a hard bound)
-    steps: int = 1000
+    steps: int = 1000                # training steps (per member: a swept value stays inside one program)
     chunk_steps: int = 500           # steps per jitted chunk (progress, future checkpoints)
     precision: str = "float32"       # float32 | float64 (runs under jax x64) | bf16 (bf16 matmuls; float32 params and optimizer state)
     adam_b1: float = 0.9             # adam/adamw first-moment decay
@@ -134,7 +136,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.depth_scaling": ("none", "inv_sqrt"),
     "model.init": ("torch", "normal"),
     "train.optimizer": ("adam", "adamw", "sgd", "lbfgs"),
-    "train.schedule": ("constant", "cosine", "warmup_cosine", "linear"),
+    "train.schedule": ("constant", "cosine", "warmup_cosine", "linear", "wsd"),
     "train.precision": ("float32", "float64", "bf16"),
     "run.fit_form": ("power_law", "power_law_offset"),
 }
@@ -144,8 +146,9 @@ MINIMUM: dict[str, tuple[float, bool]] = {
     "task.batch_size": (1, True), "task.grid_size": (2, True), "task.test_size": (2, True),
     "task.power": (0, False), "task.data_seed": (-1, True),
     "model.width": (1, True), "model.depth": (1, True), "model.mlp_ratio": (1, True),
-    "train.seed": (0, True), "train.lr": (0, False), "train.final_lr_fraction": (0, True),
-    "train.warmup_fraction": (0, True), "train.weight_decay": (0, True), "train.momentum": (0, True),
+    "train.seed": (0, True), "train.lr": (0, False), "train.lr_depth_scaling": (0, True), "train.final_lr_fraction": (0, True),
+    "train.warmup_fraction": (0, True), "train.decay_fraction": (0, False), "train.weight_decay": (0, True),
+    "train.momentum": (0, True),
     "train.lbfgs_memory": (1, True), "train.steps": (1, True), "train.chunk_steps": (1, True),
     "train.divergence_loss": (0, False), "eval.points": (1, True), "run.member_chunk": (0, True),
     "run.bootstrap": (0, True), "run.max_padding_waste": (0, True), "run.checkpoint_steps": (0, True),
@@ -158,7 +161,7 @@ MINIMUM: dict[str, tuple[float, bool]] = {
     "train.lbfgs_linesearch_steps": (1, True), "train.divergence_factor": (0, True),
 }
 MAXIMUM: dict[str, float] = {
-    "train.final_lr_fraction": 1.0, "train.warmup_fraction": 1.0, "train.momentum": 1.0,
+    "train.final_lr_fraction": 1.0, "train.warmup_fraction": 1.0, "train.decay_fraction": 1.0, "train.momentum": 1.0,
     "model.width": 2**20, "model.depth": 4096, "train.steps": 10**9, "task.batch_size": 10**8,
     "task.grid_size": 10**8, "task.test_size": 10**7, "model.mlp_ratio": 64, "run.memory_fraction": 1.0,
     "task.vocab": 4096, "task.context": 2**16, "model.heads": 4096, "model.head_size": 2**16,
@@ -175,7 +178,7 @@ RESUME_SAFE_KEYS = ("run.out", "run.fit_form", "run.bootstrap", "run.figures", "
 AXIS_ALIASES = {"seed": "train.seed", "data_seed": "task.data_seed"}
 # Keys whose sweep values are numbers inside one compiled program (everything else is structural).
 PER_MEMBER_KEYS = ("train.seed", "task.data_seed", "model.width", "model.depth", "train.lr", "model.heads",
-                   "model.mlp_ratio")
+                   "model.mlp_ratio", "train.steps")
 
 
 @dataclass
@@ -466,9 +469,11 @@ APPLIES: dict[str, tuple[Condition, ...]] = {
     "model.base_width": (_MUP,),
     "model.base_mlp_ratio": (_MUP,),
     "train.lr": (_STEPPED,),
+    "train.lr_depth_scaling": (_STEPPED,),
     "train.schedule": (_STEPPED,),
-    "train.final_lr_fraction": ({**_STEPPED, "train.schedule": ("cosine", "warmup_cosine", "linear")},),
+    "train.final_lr_fraction": ({**_STEPPED, "train.schedule": ("cosine", "warmup_cosine", "linear", "wsd")},),
     "train.warmup_fraction": ({**_STEPPED, "train.schedule": ("warmup_cosine",)},),
+    "train.decay_fraction": ({**_STEPPED, "train.schedule": ("wsd",)},),
     "train.momentum": ({"train.optimizer": ("sgd",)},),
     "train.weight_decay": ({"train.optimizer": ("adamw",)},),
     "train.decay_all": ({"train.optimizer": ("adamw",), "train.weight_decay": Above(0)},),
@@ -550,17 +555,23 @@ def _check_test_grid(cfg: Config) -> None:
                                   f"task.test_size = {fix} (grid_size - 1 = {g - 1} always works)")
 
 
-def load_config(path: str | Path, overrides: list[str] = (), on_cpu: bool = False, combinations: bool = True) -> Config:
-    """Read, override and validate a TOML config file."""
+def read_toml(path: str | Path) -> dict:
+    """The raw table of a TOML config file (ConfigError, one line, if missing, not UTF-8 or not TOML)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
     try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = (), on_cpu: bool = False, combinations: bool = True) -> Config:
+    """Read, override and validate a TOML config file."""
+    path = Path(path)
+    raw = read_toml(path)
     return build_config(raw, [parse_override(o) for o in overrides], name=path.stem, on_cpu=on_cpu,
                         combinations=combinations)
 

@@ -28,9 +28,14 @@ class Group:
     def size(self) -> int:
         return len(self.index)
 
+    @property
+    def longest(self) -> int:
+        """The group's longest run, in steps (its program loops this far; shorter members stop and freeze)."""
+        return int(self.values["train.steps"].max())
+
     def label(self) -> str:
         parts = [f"{dim_name(k)}={v}" for k, v in self.structural.items()]
-        for key in ("model.width", "model.depth"):
+        for key in ("model.width", "model.depth") + (("train.steps",) if "train.steps" in self.config.sweep else ()):
             lo, hi = self.values[key].min(), self.values[key].max()
             parts.append(f"{dim_name(key)} {lo}" + (f"-{hi}" if hi > lo else ""))
         return ", ".join(parts)
@@ -52,14 +57,17 @@ class Group:
         """The members at positions ``rows`` of this group, as a group of their own."""
         return Group(self.structural, self.config, self.index[rows], {k: v[rows] for k, v in self.values.items()})
 
-    def cost(self, sizes: dict[str, int]) -> float:
-        """Forward FLOPs per token (or sample) of a member of ``sizes``."""
-        return count(self.config, sizes)["forward_flops_per_token"]
+    def cost(self, sizes: dict[str, int], steps: int = 1) -> float:
+        """Forward FLOPs per token (or sample) of a member of ``sizes``, times ``steps`` training steps."""
+        return count(self.config, sizes)["forward_flops_per_token"] * float(steps)
 
     def padding_waste(self) -> float:
-        """FLOPs executed / FLOPs the true sizes need, when every member is padded to the group max."""
-        true = sum(self.cost(s) for s in self.member_sizes())
-        return self.size * self.cost(padded_sizes(self.sizes())) / true
+        """Work executed / work needed: every member runs at the padded sizes (the group max) for the group's
+        longest run (a member that has stopped still costs its steps in the vmapped loop), against each
+        member's true sizes for its own steps."""
+        own = self.values["train.steps"]
+        true = sum(self.cost(s, n) for s, n in zip(self.member_sizes(), own))
+        return self.size * self.cost(padded_sizes(self.sizes()), self.longest) / true
 
 
 @dataclass
@@ -82,20 +90,22 @@ class Grid:
 
 
 def bucket(group: Group, max_waste: float) -> list[Group]:
-    """Split ``group`` into buckets of similar size so each bucket's padding waste is <= ``max_waste``.
+    """Split ``group`` into buckets of similar size and length so each bucket's padding waste is <= ``max_waste``.
 
-    First-fit decreasing over member shapes (the family's true sizes), largest cost first: all members of a
-    shape join the first bucket whose waste stays within the limit, else open a new bucket.
-    ``max_waste`` = 0 disables bucketing. Results do not change (padding invariance); only the
-    work done does.
+    The waste counts steps too (:meth:`Group.padding_waste`): a member runs at the bucket's padded sizes
+    for the bucket's longest run. First-fit decreasing over member kinds (true sizes and steps), largest
+    work first: all members of a kind join the first bucket whose waste stays within the limit, else open
+    a new bucket. ``max_waste`` = 0 disables bucketing. Results do not change (padding invariance,
+    per-member steps); only the work done does.
     """
     if not max_waste:
         return [group]
-    member_shapes, keys = group.shapes(), list(group.sizes())
-    shapes = sorted(set(member_shapes), key=lambda s: (group.cost(dict(zip(keys, s))), s), reverse=True)
+    keys = list(group.sizes())
+    kinds = [(int(n), *shape) for n, shape in zip(group.values["train.steps"], group.shapes())]
+    work = lambda kind: group.cost(dict(zip(keys, kind[1:])), kind[0])
     buckets: list[list[int]] = []
-    for shape in shapes:
-        rows = [i for i in range(group.size) if member_shapes[i] == shape]
+    for kind in sorted(set(kinds), key=lambda k: (work(k), k), reverse=True):
+        rows = [i for i in range(group.size) if kinds[i] == kind]
         for b in buckets:
             if group.subset(np.array(sorted(b + rows))).padding_waste() <= max_waste:
                 b += rows

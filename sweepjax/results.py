@@ -7,9 +7,7 @@ a temporary file and renamed into place, so an interrupted write never leaves a 
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +15,10 @@ import xarray as xr
 
 from sweepjax.config import Config, axis, dim_name, to_toml
 from sweepjax.engine.train import GroupOutput
+from sweepjax.files import CONFIG_FILE, MANIFEST_FILE, RESULTS_FILE, atomic_write
 from sweepjax.grid import Grid
 from sweepjax.models import count, family, tokens_per_step
 
-RESULTS_FILE, CONFIG_FILE, MANIFEST_FILE = "results.nc", "config.toml", "manifest.json"
 FLOOR_DESCRIPTIONS = {
     "irreducible_loss": "the task's lowest expected test loss, nats per token (Markov: the entropy rate)",
     "test_bayes_loss": "the true model's loss on the fixed test set, nats per token: the reference for "
@@ -49,17 +47,19 @@ def counts(grid: Grid) -> dict[str, np.ndarray]:
 
     ``train_flops``: exact matmul (and attention) FLOPs of all training steps, 3x the forward pass
     (backward = 2x forward); ``train_flops_6nd``: the 6 N D estimate with N = non-embedding parameters
-    and D = ``tokens`` seen in training.
+    and D = ``tokens`` seen in training. ``tokens``, ``train_flops`` and ``train_flops_6nd`` count each
+    member's own ``train.steps``.
     """
     names = ("n_params", "n_params_non_embedding", "forward_flops_per_token", "tokens", "train_flops", "train_flops_6nd")
     flat = {k: np.zeros(grid.n_members, np.float64) for k in names}
     for g in grid.groups:
         sizes = g.sizes()
-        tokens = float(tokens_per_step(g.config)) * g.config.train.steps
+        per_step = float(tokens_per_step(g.config))
         for row, i in enumerate(g.index):
             c = count(g.config, {k: v[row] for k, v in sizes.items()})
             for k in names[:3]:
                 flat[k][i] = c[k]
+            tokens = per_step * float(g.values["train.steps"][row])
             flat["tokens"][i] = tokens
             flat["train_flops"][i] = 3.0 * c["forward_flops_per_token"] * tokens
             flat["train_flops_6nd"][i] = 6.0 * c["n_params_non_embedding"] * tokens
@@ -89,7 +89,7 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     }
     if "lbfgs" in axis(cfg, "train.optimizer"):
         data["converged_step"] = (dims, _scatter(grid, outputs, lambda o: o.converged_step, -1))
-    data["final_test_loss"] = (dims, data["test_loss"][1][..., -1])
+    data["final_test_loss"] = (dims, _scatter(grid, outputs, lambda o: o.final_test_loss, np.nan))  # own last step
     data.update({k: (dims, v) for k, v in counts(grid).items()})
     if outputs[0].activations is not None:
         coords["probe"] = list(family(cfg).PROBES)
@@ -106,7 +106,7 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
             data[f"param.{name}"] = (dims + [f"param.{name}.{i}" for i in range(len(shape))], arr)
     ds = xr.Dataset(data, coords=coords)
     ds.attrs["sweepjax_config"] = to_toml(cfg)
-    ds["final_test_loss"].attrs["description"] = "test loss of the final parameters (NaN if diverged)"
+    ds["final_test_loss"].attrs["description"] = "test loss at each member's own last step (NaN if diverged)"
     if "converged_step" in ds:
         ds["converged_step"].attrs["description"] = ("L-BFGS: step at which the member was frozen because even a "
                                                      "restarted line search found no decrease (-1: never)")
@@ -116,31 +116,19 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     return ds
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (same directory, so the rename is atomic)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_config(cfg: Config, out: str | Path) -> None:
     """Write the resolved config into directory ``out`` (at the start of a run, so it can resume)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(to_toml(cfg)))
+    atomic_write(out / CONFIG_FILE, lambda p: p.write_text(to_toml(cfg)))
 
 
 def save(ds: xr.Dataset, cfg: Config, out: str | Path, manifest: dict) -> Path:
     """Write results, resolved config and manifest into directory ``out``; returns it."""
     out = Path(out)
     save_config(cfg, out)
-    _atomic_write(out / RESULTS_FILE, lambda p: ds.to_netcdf(p, engine="h5netcdf"))
-    _atomic_write(out / MANIFEST_FILE, lambda p: p.write_text(json.dumps(manifest, indent=2, default=str)))
+    atomic_write(out / RESULTS_FILE, lambda p: ds.to_netcdf(p, engine="h5netcdf"))
+    atomic_write(out / MANIFEST_FILE, lambda p: p.write_text(json.dumps(manifest, indent=2, default=str)))
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from sweepjax.config import build_config
-from sweepjax.engine import run_sweep
+from sweepjax.run import run_sweep
 
 
 def small_config(sweep: dict, **sections) -> "Config":

@@ -263,3 +263,16 @@ def test_adamw_decays_matrices_only_unless_decay_all(family, decayed, kept):
         for n in names:
             moved = bool(jnp.any(updates[n] != 0))
             assert moved == (decay_all or n in decayed), (n, decay_all)
+
+
+def test_lr_depth_scaling_is_lr_times_c_over_sqrt_true_depth():
+    """train.lr_depth_scaling = 2 with lr 1e-2: the depth-1 member trains at 2e-2 and the depth-4 member at
+    1e-2, exactly as members given those learning rates directly (residual MLPs, one padded program)."""
+    model = {"residual": True, "width": 8}
+    scaled = run({"model.depth": [1, 4]}, model=model, train={"lr_depth_scaling": 2.0})
+    for depth, lr in ((1, 2e-2), (4, 1e-2)):
+        direct = run({"model.depth": [1, 4]}, model=model, train={"lr": lr})
+        for k in CURVES:
+            np.testing.assert_allclose(scaled[k].sel(depth=depth), direct[k].sel(depth=depth), rtol=1e-6, err_msg=k)
+    off = run({"model.depth": [1, 4]}, model=model)
+    assert not np.allclose(off.train_loss.sel(depth=1), scaled.train_loss.sel(depth=1))

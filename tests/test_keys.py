@@ -20,7 +20,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from sweepjax.config import APPLIES, Config, ConfigError, all_keys, applies, build_config, default, dim_name
-from sweepjax.engine import run_sweep
+from sweepjax.run import run_sweep
 
 # Tiny sizes, each used where it has an effect (so a base never sets a key that would be refused).
 TINY = {"task.batch_size": 8, "task.test_size": 8, "task.grid_size": 9, "task.vocab": 4, "task.context": 4,
@@ -80,6 +80,8 @@ CHECKED: dict[str, tuple] = {
     "train.schedule": (MLP, "warmup_cosine"),  # with warmup_fraction 0: cosine
     "train.final_lr_fraction": (WARMUP, 0.5),
     "train.warmup_fraction": (WARMUP, 0.5),
+    "train.decay_fraction": ({"train.schedule": "wsd"}, 0.5),   # 4 steps: 0.2 decays after the last update
+    "train.lr_depth_scaling": (RESIDUAL, 3.0),
     "train.weight_decay": (ADAMW, 0.5),
     "train.momentum": (SGD, 0.9),
     "train.lbfgs_memory": (LBFGS, 1),

@@ -10,7 +10,7 @@ import pytest
 
 from sweepjax.analysis.coordcheck import coordcheck_config, spread
 from sweepjax.config import ConfigError, build_config
-from sweepjax.engine import run_sweep
+from sweepjax.run import run_sweep
 from sweepjax.models import count, make_model
 
 TASK = {"name": "markov", "vocab": 8, "context": 8, "batch_size": 8, "test_size": 16}
@@ -251,7 +251,7 @@ def test_transformer_config_errors(raw, message):
 
 
 def test_transformer_too_big_for_memory_is_refused_before_compile():
-    from sweepjax.engine.sweep import check_memory
+    from sweepjax.run import check_memory
     cfg = config({"model.width": [64, 8192]}, model={"depth": 48, "head_size": 64},
                  task={"context": 2048, "batch_size": 64}, run={"max_padding_waste": 0, "memory_limit_gb": 1.0})
     with pytest.raises(ConfigError, match="width 8192, depth 48 needs"):

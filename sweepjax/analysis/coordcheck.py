@@ -11,7 +11,10 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from sweepjax.config import Config, ConfigError, check_combinations
+from sweepjax.config import Config, ConfigError, check_combinations, default
+
+# keys of the schedule shape, back at their defaults under the constant schedule (else refused as no-ops)
+SCHEDULE_KEYS = ("train.final_lr_fraction", "train.warmup_fraction", "train.decay_fraction")
 
 
 def coordcheck_config(cfg: Config, steps: int) -> Config:
@@ -30,10 +33,10 @@ def coordcheck_config(cfg: Config, steps: int) -> Config:
     if steps < 1:
         raise ConfigError(f"--steps {steps}: must be >= 1")
     new = cfg.with_values({"train.steps": steps, "train.chunk_steps": steps, "eval.points": steps,
-                           "train.schedule": "constant", "train.final_lr_fraction": 0.0,
-                           "train.warmup_fraction": 0.0, "eval.activations": True, "eval.save_params": False,
+                           "train.schedule": "constant",
+                           **{k: default(k) for k in SCHEDULE_KEYS}, "eval.activations": True, "eval.save_params": False,
                            "run.max_padding_waste": 0.0})
-    new.sweep = dict(cfg.sweep)
+    new.sweep = {k: v for k, v in cfg.sweep.items() if k != "train.steps"}  # --steps sets every member's length
     new.sweep.setdefault("model.parameterization", ["sp", "mup"])
     check_combinations(new)
     return new

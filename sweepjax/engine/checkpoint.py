@@ -9,8 +9,6 @@ checkpoints are no longer needed.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-CHECKPOINT_DIR = "checkpoints"
+from sweepjax.files import CHECKPOINT_DIR, atomic_write
 
 
 class Interrupted(Exception):
@@ -51,14 +49,11 @@ class Store:
         """Write a finished unit's host results atomically (process 0 only, when multi-host)."""
         if jax.process_index() != 0:
             return
-        fd, tmp = tempfile.mkstemp(dir=self.parts, prefix=f".{unit}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:   # a file object: np.savez would append ".npz" to a name
                 np.savez(f, **host)
-            os.replace(tmp, self.parts / f"{unit}.npz")
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(self.parts / f"{unit}.npz", write)
 
     # ---- state of the unit in progress ---------------------------------------------------------
     def restore(self, unit: str, like: dict) -> tuple[dict, int] | None:

@@ -4,6 +4,13 @@ Every member's parameters and optimizer state are stacked on a leading member ax
 vmapped over it. The host loops over chunks of steps, each chunk one jitted loop, so progress can
 be shown between chunks. Evaluation happens inside the loop at the scheduled steps (a ``cond`` on
 the shared step counter), writing into per-member curve buffers carried in the state.
+
+The number of training steps is a per-member number: the loop runs to the longest run among the
+members, each member's lr schedule spans its own steps, and a member whose last step has passed is
+frozen (parameters, optimizer state and flags untouched) while the others go on. Evaluations follow
+one schedule shared by the whole sweep (:func:`eval_steps`): step 0, log-spaced steps up to the
+sweep's longest run, and every run length in the sweep; a member is evaluated at each of those
+steps up to its own last step and holds NaN after it.
 """
 from __future__ import annotations
 
@@ -20,19 +27,28 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sweepjax.config import Config
+from sweepjax.config import Config, axis
 from sweepjax.engine.checkpoint import Interrupted
 from sweepjax.engine.memory import plan_member_chunk
-from sweepjax.engine.optim import make_optimizer, needs_value_fn
+from sweepjax.engine.optim import make_optimizer, member_lr, needs_value_fn
 from sweepjax.grid import Group
 from sweepjax.models import dtypes, family, make_model, member_sizes, padded_sizes
 from sweepjax.tasks import make_task
 
 
-def eval_steps(steps: int, points: int) -> np.ndarray:
-    """Steps at which the test loss is measured: 0, ``points`` log-spaced steps, and the final step."""
-    logs = np.round(np.logspace(0, np.log10(steps), points)).astype(int) if steps >= 1 else []
-    return np.unique(np.concatenate([[0], logs, [steps]])).astype(int)
+def eval_steps(steps, points: int) -> np.ndarray:
+    """Steps at which the test loss is measured (the results' ``eval_step``), for runs of ``steps`` steps
+    (one number, or every value of a swept ``train.steps``): 0, ``points`` log-spaced steps up to the
+    longest run, and each run's final step. A member is evaluated at those up to its own final step."""
+    runs = np.atleast_1d(np.asarray(steps, dtype=np.int64))
+    longest = int(runs.max())
+    logs = np.round(np.logspace(0, np.log10(longest), points)).astype(int) if longest >= 1 else []
+    return np.unique(np.concatenate([[0], logs, runs])).astype(int)
+
+
+def sweep_eval_steps(cfg: Config) -> np.ndarray:
+    """:func:`eval_steps` of a sweep: shared by all its groups, so every member fits one ``eval_step`` axis."""
+    return eval_steps(axis(cfg, "train.steps"), cfg.eval.points)
 
 
 def precision(cfg: Config):
@@ -58,6 +74,7 @@ class GroupOutput:
     params: dict | None          # leaf name -> (n, *padded shape) or None; "init." names: at init
     compile_s: float
     run_s: float
+    final_test_loss: np.ndarray | None = None  # (n,) test loss at each member's own last step (NaN if diverged)
 
 
 class GroupProgram:
@@ -70,10 +87,7 @@ class GroupProgram:
         self.family = family(cfg)
         self.model = make_model(cfg, padded)
         self.probes = self.family.PROBES if cfg.eval.activations else ()
-        self.steps = eval_steps(cfg.train.steps, cfg.eval.points)
-        slot = np.full(cfg.train.steps + 1, -1, np.int32)
-        slot[self.steps] = np.arange(len(self.steps))
-        self.slot = slot
+        self.steps = sweep_eval_steps(cfg)   # shared by every group of the sweep (one eval_step axis)
         # The member axis is sharded over all devices (a no-op on one device).
         self.n_devices = jax.device_count() if cfg.run.shard_members else 1
         mesh = Mesh(np.array(jax.devices()[: self.n_devices]), ("members",))
@@ -126,7 +140,7 @@ class GroupProgram:
         return jnp.stack([stats[k] for k in self.probes]).astype(self.dtype)
 
     def _optimizer(self, m: dict) -> optax.GradientTransformation:
-        return make_optimizer(self.cfg.train, m["lr"], self.family.DECAYED)
+        return make_optimizer(self.cfg.train, m["lr"], self.family.DECAYED, steps=m["steps"])
 
     def _step_member(self, state: dict, t: jax.Array, slot: jax.Array, m: dict) -> dict:
         tc = self.cfg.train
@@ -137,6 +151,9 @@ class GroupProgram:
             return self.task.loss(self._apply(p, x, m), y)
 
         params, opt = state["params"], state["opt"]
+        # Steps 0..steps-1 update; step ``steps`` only evaluates the final parameters; after it the member is
+        # frozen (nothing in its state changes) while members with longer runs go on.
+        live, trains = t <= m["steps"], t < m["steps"]
         converged, restart = state["converged"], jnp.zeros((), bool)
         if needs_value_fn(tc):
             loss, grads = optax.value_and_grad_from_state(loss_of)(params, state=opt)
@@ -145,7 +162,7 @@ class GroupProgram:
             # a restarted memory (a scaled gradient step) finds none, the member is flat at rounding level:
             # it has converged and is frozen (``converged_step``).
             restart = optax.tree_utils.tree_get(new_opt, "value") >= loss
-            converged = converged | (restart & state["fresh"])
+            converged = converged | (restart & state["fresh"] & live)
             updates = jax.tree.map(lambda u: jnp.where(restart, jnp.zeros_like(u), u), updates)
             new_opt = jax.tree.map(lambda a, b: jnp.where(restart, a, b), tx.init(params), new_opt)
         else:
@@ -161,23 +178,24 @@ class GroupProgram:
         init_loss = jnp.where(t == 0, loss, state["init_loss"])
         relative = (tc.divergence_factor > 0) & (init_loss > 0) & (loss > tc.divergence_factor * init_loss)
         blown_up = (loss > tc.divergence_loss) | relative
-        diverged = state["diverged"] | ~jnp.isfinite(loss) | blown_up
+        diverged = state["diverged"] | (live & (~jnp.isfinite(loss) | blown_up))
         params_ok = tree_all_finite(new_params)
-        accept = ~diverged & ~converged & params_ok & (t < tc.steps)
+        accept = ~diverged & ~converged & params_ok & trains
         nan = jnp.full((), jnp.nan, self.dtype)
 
         def record(s):
-            test = jnp.where(diverged, nan, self._test_loss(params, m))
-            out = {**s,
-                   "train_loss": s["train_loss"].at[slot].set(jnp.where(diverged, nan, loss)),
-                   "test_loss": s["test_loss"].at[slot].set(test)}
+            # The evaluation schedule is shared (so the cond stays a cond under vmap); a member writes only
+            # up to its own last step, its later entries stay NaN.
+            put = lambda buf, v: buf.at[slot].set(jnp.where(live, jnp.where(diverged, nan, v), buf[slot]))
+            out = {**s, "train_loss": put(s["train_loss"], loss),
+                   "test_loss": put(s["test_loss"], self._test_loss(params, m))}
             if self.probes:
-                out["activations"] = s["activations"].at[slot].set(jnp.where(diverged, nan, self._probe(params, m)))
+                out["activations"] = put(s["activations"], self._probe(params, m))
             return out
 
         state = jax.lax.cond(slot >= 0, record, lambda s: s, state)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
-        diverged = diverged | (~params_ok & (t < tc.steps))
+        diverged = diverged | (~params_ok & trains)
         return {**state,
                 "params": keep(new_params, params),
                 "opt": keep(new_opt, opt),
@@ -193,9 +211,13 @@ class GroupProgram:
         return self._apply(params, x, m)[:, 0]
 
     # ---- the member axis --------------------------------------------------------------------
-    def _run_chunk(self, state: dict, members: dict, slot: jax.Array, start: jax.Array, end: jax.Array) -> dict:
+    def _run_chunk(self, state: dict, members: dict, evals: jax.Array, start: jax.Array, end: jax.Array) -> dict:
         step = jax.vmap(self._step_member, in_axes=(0, None, None, 0))
-        return jax.lax.fori_loop(start, end, lambda t, s: step(s, t, slot[t], members), state)
+
+        def body(t, s):
+            i = jnp.minimum(jnp.searchsorted(evals, t), evals.shape[0] - 1)
+            return step(s, t, jnp.where(evals[i] == t, i, -1), members)   # slot in the curves, -1: no evaluation
+        return jax.lax.fori_loop(start, end, body, state)
 
     def members(self, group: Group, idx: np.ndarray) -> dict:
         """Device arrays of the per-member numbers for members ``idx`` of ``group``."""
@@ -203,7 +225,8 @@ class GroupProgram:
         return jax.device_put({
             "seed": np.asarray(v["train.seed"], np.uint32),
             "data_seed": np.asarray(v["task.data_seed"], np.uint32),
-            "lr": np.asarray(v["train.lr"], np.dtype(self.dtype)),
+            "lr": member_lr(self.cfg.train, v["train.lr"], v["model.depth"]).astype(self.dtype),
+            "steps": np.asarray(v["train.steps"], np.int32),
             "sizes": {k: np.asarray(a, np.int32) for k, a in member_sizes(self.cfg, v).items()},
         }, self.sharded)
 
@@ -211,23 +234,25 @@ class GroupProgram:
         """The stacked initial state of the members."""
         return self._init(members)
 
-    def train(self, state: dict, members: dict, start: int = 0, after_chunk=None) -> tuple[dict, float, float]:
-        """Train from ``state`` at step ``start`` to the last step; returns (final state, compile s, run s).
+    def train(self, state: dict, members: dict, longest: int, start: int = 0,
+              after_chunk=None) -> tuple[dict, float, float]:
+        """Train from ``state`` at step ``start`` through step ``longest`` (the longest run among ``members``);
+        returns (final state, compile s, run s).
 
         ``after_chunk(next_step, total, elapsed_s, state)`` is called after every chunk (progress,
         checkpoints); it may raise to stop the run.
         """
         tc = self.cfg.train
-        slot = jnp.asarray(self.slot)
-        total = tc.steps + 1  # the extra step only evaluates the final parameters
+        evals = jnp.asarray(self.steps, jnp.int32)
+        total = longest + 1  # the extra step only evaluates the final parameters
         t0 = time.perf_counter()
         if self._compiled is None:
-            self._compiled = self._chunk.lower(state, members, slot, jnp.int32(0), jnp.int32(1)).compile()
+            self._compiled = self._chunk.lower(state, members, evals, jnp.int32(0), jnp.int32(1)).compile()
         chunk, compile_s = self._compiled, time.perf_counter() - t0
         t0 = time.perf_counter()
         for begin in range(start, total, tc.chunk_steps):
             end = min(begin + tc.chunk_steps, total)
-            state = chunk(state, members, slot, jnp.int32(begin), jnp.int32(end))
+            state = chunk(state, members, evals, jnp.int32(begin), jnp.int32(end))
             jax.block_until_ready(state["diverged"])
             if after_chunk:
                 after_chunk(end, total, time.perf_counter() - t0, state)
@@ -255,11 +280,11 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
               should_stop=lambda: False) -> GroupOutput:
     """Train every member of ``group``, in member chunks of ``run.member_chunk`` (0 = as many as fit in memory).
 
-    The last chunk is filled up with copies of its last member (results discarded), so every chunk
-    has the same shape (a multiple of the device count: members are sharded over devices) and the
-    program compiles once. With a checkpoint ``store``, finished chunks
-    are skipped on resume, the chunk in progress restarts from its latest checkpoint, and
-    ``should_stop()`` turning true makes the run checkpoint and raise :class:`Interrupted`.
+    Each member chunk loops to the longest run among its members (``train.steps`` is per member). The last
+    chunk is filled up with copies of its last member (results discarded), so every chunk has the same shape
+    (a multiple of the device count: members are sharded over devices) and the program compiles once. With a
+    checkpoint ``store``, finished chunks are skipped on resume, the chunk in progress restarts from its latest
+    checkpoint, and ``should_stop()`` turning true makes the run checkpoint and raise :class:`Interrupted`.
     """
     padded = padded_sizes(group.sizes())
     n = group.size
@@ -278,6 +303,7 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
                 continue
             padded = np.concatenate([idx, np.full(size - len(idx), idx[-1])])
             members = program.members(group, padded)
+            longest = int(group.values["train.steps"][idx].max())
             state, start = program.init(members), 0
             host = {}
             if cfg.eval.save_params:
@@ -301,7 +327,7 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
                             print(file=log)
                         raise Interrupted(f"stopped at step {step} of {label}")
 
-            state, c_s, r_s = program.train(state, members, start, after_chunk)
+            state, c_s, r_s = program.train(state, members, longest, start, after_chunk)
             compile_s = compile_s or c_s
             run_s += r_s
             host.update({k: to_host(state[k])[: len(idx)]
@@ -318,5 +344,8 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
             parts.append(host)
     cat = lambda k: np.concatenate([p[k] for p in parts]) if k in parts[0] else None
     params = {k[len("params/"):]: cat(k) for k in parts[0] if k.startswith("params/")} or None
-    return GroupOutput(cat("train_loss"), cat("test_loss"), cat("diverged"), cat("diverged_step"),
-                       cat("converged_step"), cat("predictions"), cat("activations"), params, compile_s, run_s)
+    test_loss = cat("test_loss")
+    last = np.searchsorted(program.steps, group.values["train.steps"])   # each member's own last step
+    return GroupOutput(cat("train_loss"), test_loss, cat("diverged"), cat("diverged_step"),
+                       cat("converged_step"), cat("predictions"), cat("activations"), params, compile_s, run_s,
+                       test_loss[np.arange(n), last])

@@ -1,0 +1,38 @@
+"""The files of a results directory: their names, and the one way sweepjax writes them.
+
+Every file sweepjax writes into a results directory (results, config, manifest, fit, finished
+checkpoint units) goes through :func:`atomic_write`: written to a temporary file in the same
+directory and renamed into place, so an interrupted write leaves the previous file intact and a
+reader never sees half a file. Imports nothing from sweepjax (and no JAX), so the command line, the
+results store and the engine's checkpoints can all use it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS_FILE = "results.nc"      # the xarray Dataset (NetCDF4, h5netcdf)
+CONFIG_FILE = "config.toml"      # the fully resolved config (written first, so a run can resume)
+MANIFEST_FILE = "manifest.json"  # versions, devices, timings, command
+FIT_FILE = "fit.json"            # width-scaling fits
+FIGURES_DIR = "figures"
+CHECKPOINT_DIR = "checkpoints"   # state of an unfinished sweep (removed once its results are saved)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` with a temporary path beside ``path``, then rename it onto ``path``.
+
+    The rename is atomic (same directory, ``os.replace``); if ``write`` raises, the temporary file
+    is removed and ``path`` keeps its previous content.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
