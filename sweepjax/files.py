@@ -21,17 +21,26 @@ FIGURES_DIR = "figures"
 CHECKPOINT_DIR = "checkpoints"   # state of an unfinished sweep (removed once its results are saved)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` with a temporary path beside ``path``, then rename it onto ``path``.
 
     The rename is atomic (same directory, ``os.replace``); if ``write`` raises, the temporary file
-    is removed and ``path`` keeps its previous content.
+    is removed and ``path`` keeps its previous content. The file gets the permissions of a plain
+    ``open()`` (0666 less the umask), not mkstemp's private 0600, so shared results stay readable.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -108,9 +108,14 @@ def plot_ensemble(ds: xr.Dataset, path: Path, draws: int = 100) -> Path:
 
 def plot_mirror(ds: xr.Dataset, path: Path, tol: float = 0.05, **sel) -> Path:
     """Neurons (w, b) of the widest net (its first seed that did not diverge: a diverged member's
-    parameters are NaN), trained vs init, coloured by mirror distance."""
+    parameters are NaN), trained vs init, coloured by mirror distance. Other swept dims not fixed by
+    ``sel`` (steps, lr, ...) are taken at their last value, named in the title."""
     width = int(ds["width"].values.max())
     sub = ds.sel(width=width, **sel)
+    other = [d for d in sub["w_in" if "w_in" in sub else "param.w_in"].dims
+             if d in ds.coords and d != "seed" and d in sub.dims and not d.startswith("param.")]
+    sel = {**sel, **{d: sub[d].values[-1].item() for d in other}}
+    sub = sub.isel({d: -1 for d in other})
     if "seed" in sub.dims:
         div = sub["diverged"].astype(bool) if "diverged" in sub else None
         ok = np.flatnonzero(~div.any([d for d in div.dims if d != "seed"]).values) if div is not None else [0]

@@ -49,7 +49,7 @@ def run(config: ConfigSource | None = None, set: Overrides = None, out: str | os
     a list of ``"section.key=value"`` strings (TOML value syntax, like ``--set``) or a dict
     ``{"section.key": value}`` (Python values; ``"sweep.<axis>"`` keys set axes).
 
-    ``out``: ``None`` keeps everything in memory: no file is written, no checkpoint is taken, and
+    ``out``: ``None`` (or ``False``) keeps everything in memory: no file is written, no checkpoint is taken, and
     the ``run.*`` keys about files (``out``, ``figures``, ``fit_form``, ``bootstrap``, checkpoints)
     have nothing to act on. A directory writes what ``sweepjax run`` writes (``results.nc``,
     ``config.toml``, ``manifest.json``, ``fit.json``, ``figures/``), checkpointing as it goes under
@@ -80,6 +80,7 @@ def run(config: ConfigSource | None = None, set: Overrides = None, out: str | os
     log = sys.stderr if progress and main_process else None
     say = sys.stdout if progress and main_process else None
     command = command or _api_command(config, set, out, resume)
+    out = None if out is False else out   # False, like None: results in memory only
     with contextlib.ExitStack() as held:   # the output directory's lock, held to the end
         if resume:
             if out is None or out is True:
@@ -145,6 +146,8 @@ def _read(config: ConfigSource) -> tuple[dict, str]:
     """(raw TOML dict, sweep name) of a config path (name: the file's stem) or dict (name: ``sweep``)."""
     if isinstance(config, Mapping):
         return dict(config), "sweep"
+    if not isinstance(config, (str, os.PathLike)):
+        raise ConfigError(f"config = {config!r}: a TOML file's path or a dict with the TOML's structure")
     return read_toml(config), Path(config).stem
 
 
@@ -155,8 +158,20 @@ def _overrides(overrides: Overrides) -> list[tuple[str, Any]]:
     if isinstance(overrides, str):
         overrides = [overrides]
     if isinstance(overrides, Mapping):
-        return [(str(k), v) for k, v in overrides.items()]
+        return [(str(k), _plain(v)) for k, v in overrides.items()]
     return [parse_override(o) for o in overrides]
+
+
+def _plain(value: Any) -> Any:
+    """A notebook value as the TOML value it stands for: numpy scalars and arrays, tuples and ranges
+    become Python numbers and lists (``np.logspace(-4, -2, 3)`` is a fine lr axis)."""
+    if hasattr(value, "tolist"):          # numpy scalar or array
+        return value.tolist()
+    if isinstance(value, (tuple, range)):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _api_command(config: ConfigSource | None, overrides: Overrides, out: Any, resume: bool) -> str:
@@ -208,7 +223,7 @@ def resume_config(out: Path, config: ConfigSource | None, overrides: Overrides =
         raise ConfigError(f"--resume {str(out)!r}: that sweep already finished")
     saved = resolve_config(saved_path)
     cfg = resolve_config(config, overrides, on_cpu=on_cpu) if config is not None else resolve_config(saved_path, overrides)
-    allowed = frozenset(allow_change)
+    allowed = frozenset([allow_change] if isinstance(allow_change, str) else allow_change)
     for key in sorted(allowed - frozenset(RESUME_SAFE_KEYS)):
         raise ConfigError(f"--allow-change {key}: changing it would change results; only "
                           f"{', '.join(RESUME_SAFE_KEYS)} may change on resume")
@@ -257,7 +272,8 @@ def run_sweep(cfg: Config, log: TextIO | None = sys.stderr, *, grid: Grid | None
         print(f"sweep {cfg.name!r}: {grid.n_members} members in {len(grid.groups)} group(s) "
               f"on {jax.default_backend()} ({jax.device_count()} device(s))", file=log)
     t0 = time.perf_counter()
-    outputs = [run_group(g.config, g, log=log, store=store, name=f"g{i}", should_stop=should_stop)
+    programs: dict = {}   # groups of the same structure and padded sizes (e.g. step buckets) share a program
+    outputs = [run_group(g.config, g, log=log, store=store, name=f"g{i}", should_stop=should_stop, programs=programs)
                for i, g in enumerate(grid.groups)]
     wall = time.perf_counter() - t0
     steps = sweep_eval_steps(cfg)

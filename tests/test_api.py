@@ -147,3 +147,21 @@ def test_help_does_not_import_jax():
                         "runpy.run_module('sweepjax.cli', run_name='__main__')\n")
     assert got.returncode == 0 and "usage: sweepjax" in got.stdout, got.stderr[-2000:]
     assert got.stdout.strip().endswith("NO JAX"), got.stdout[-500:]
+
+
+def test_notebook_values_and_bad_inputs(tmp_path):
+    """numpy arrays and scalars, tuples and ranges in a ``set`` dict are the TOML values they stand for;
+    a config that is neither a path nor a dict is a one-line ConfigError; ``out=False`` is ``None``."""
+    import numpy as np
+
+    import sweepjax
+    from sweepjax.config import ConfigError
+    base = {"task": {"batch_size": 16, "test_size": 11}, "train": {"steps": 3}, "eval": {"points": 2}}
+    a = sweepjax.run(base, set={"sweep.model.width": np.array([2, 4]), "sweep.seed": range(2),
+                                "train.lr": np.float32(1e-2)}, out=False, progress=False)
+    b = sweepjax.run(base, set={"sweep.model.width": [2, 4], "sweep.seed": [0, 1], "train.lr": float(np.float32(1e-2))},
+                     progress=False)
+    np.testing.assert_array_equal(a.test_loss.values, b.test_loss.values)
+    for bad in (123, [1, 2]):
+        with pytest.raises(ConfigError, match="a TOML file's path or a dict"):
+            sweepjax.run(bad, progress=False)

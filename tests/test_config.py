@@ -231,3 +231,23 @@ def test_shipped_configs_are_valid():
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")):
         for on_cpu in (False, True):
             load_config(path, on_cpu=on_cpu)
+
+
+@pytest.mark.parametrize("raw, on_cpu", [
+    ({"train": {"steps": 3}, "sweep": {"train.steps": [4, 8]}}, False),
+    ({"sweep": {"train.steps": [4, 8]}, "on_cpu": {"train.steps": 3}}, True),
+    ({"model": {"width": 16}, "sweep": {"model.width": [4, 8]}}, False),
+])
+def test_a_swept_key_given_a_single_value_too_is_refused(raw, on_cpu):
+    """The sweep sets the key, so a single value given beside it (in its section, [on_cpu] or --set)
+    would be validated, saved and ignored: refused, pointing at the sweep axis."""
+    with pytest.raises(ConfigError, match=r"the sweep sets .* would be ignored; remove one .*set \"sweep\."):
+        build_config(raw, on_cpu=on_cpu)
+
+
+@pytest.mark.parametrize("key", ["eval.points", "run.bootstrap"])
+def test_eval_and_run_keys_cannot_be_swept(key):
+    """A swept eval.points gave every group its own eval_step axis and crashed when the results were
+    assembled; eval and run keys belong to the whole sweep."""
+    with pytest.raises(ConfigError, match=rf"^sweep.{key}: eval and run keys apply to the whole sweep"):
+        build_config({"sweep": {key: [3, 5]}})

@@ -131,3 +131,14 @@ def test_atomic_write_keeps_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_array_equal(results.load(tmp_path)["final_test_loss"].values, [1.0, 2.0])
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+    """Results are readable by others under the usual umask (mkstemp alone would make them 0600)."""
+    from sweepjax.files import atomic_write
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.txt", lambda p: p.write_text("x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sweepjax.config import Config, axis
+from sweepjax.config import Config, axis, to_toml
 from sweepjax.engine.checkpoint import Interrupted
 from sweepjax.engine.memory import plan_member_chunk
 from sweepjax.engine.optim import make_optimizer, member_lr, needs_value_fn
@@ -94,7 +94,7 @@ class GroupProgram:
         self.sharded, rep = NamedSharding(mesh, P("members")), NamedSharding(mesh, P())
         self._chunk = jax.jit(self._run_chunk, donate_argnums=0, in_shardings=(self.sharded, self.sharded, rep, rep, rep),
                               out_shardings=self.sharded)
-        self._compiled = None
+        self._compiled: dict[int, object] = {}   # member-chunk size -> compiled chunk loop
         self._init = jax.jit(jax.vmap(self._init_member), in_shardings=self.sharded, out_shardings=self.sharded)
         self._predict = jax.jit(jax.vmap(self._predict_member), in_shardings=self.sharded, out_shardings=self.sharded)
 
@@ -246,9 +246,10 @@ class GroupProgram:
         evals = jnp.asarray(self.steps, jnp.int32)
         total = longest + 1  # the extra step only evaluates the final parameters
         t0 = time.perf_counter()
-        if self._compiled is None:
-            self._compiled = self._chunk.lower(state, members, evals, jnp.int32(0), jnp.int32(1)).compile()
-        chunk, compile_s = self._compiled, time.perf_counter() - t0
+        n = members["seed"].shape[0]
+        if n not in self._compiled:
+            self._compiled[n] = self._chunk.lower(state, members, evals, jnp.int32(0), jnp.int32(1)).compile()
+        chunk, compile_s = self._compiled[n], time.perf_counter() - t0
         t0 = time.perf_counter()
         for begin in range(start, total, tc.chunk_steps):
             end = min(begin + tc.chunk_steps, total)
@@ -277,7 +278,7 @@ def host_params(params: dict, n: int, prefix: str = "") -> dict[str, np.ndarray]
 
 
 def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str = "g0",
-              should_stop=lambda: False) -> GroupOutput:
+              should_stop=lambda: False, programs: dict | None = None) -> GroupOutput:
     """Train every member of ``group``, in member chunks of ``run.member_chunk`` (0 = as many as fit in memory).
 
     Each member chunk loops to the longest run among its members (``train.steps`` is per member). The last
@@ -285,11 +286,18 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
     (a multiple of the device count: members are sharded over devices) and the program compiles once. With a
     checkpoint ``store``, finished chunks are skipped on resume, the chunk in progress restarts from its latest
     checkpoint, and ``should_stop()`` turning true makes the run checkpoint and raise :class:`Interrupted`.
+    ``programs`` (a dict shared by the groups of one sweep) reuses the compiled program of an earlier
+    group with the same structure and padded sizes: buckets split only by step count compile once.
     """
     padded = padded_sizes(group.sizes())
     n = group.size
     with precision(cfg):
-        program = GroupProgram(cfg, padded)
+        key = (to_toml(cfg), tuple(sorted(padded.items())))
+        program = programs.get(key) if programs is not None else None
+        if program is None:
+            program = GroupProgram(cfg, padded)
+            if programs is not None:
+                programs[key] = program
         nd = program.n_devices
         size = nd * plan_member_chunk(cfg, -(-n // nd), padded)  # a multiple of the device count
         parts: list[dict] = []
