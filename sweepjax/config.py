@@ -367,10 +367,6 @@ def build_config(raw: dict, overrides: list[tuple[str, Any]] = (), name: str = "
         if full in cfg.sweep:
             raise ConfigError(f"sweep.{key}: axis given twice")
         cfg.sweep[full] = _expand_axis(full, spec)
-        if full in values and cfg.get(full) != default(full):
-            raise ConfigError(f"{full} = {cfg.get(full)!r} and sweep.{key} = {cfg.sweep[full]}: the sweep sets "
-                              f"{full}, the single value would be ignored; remove one (to change the axis from "
-                              f"[on_cpu] or --set, set \"sweep.{key}\")")
     dims = [dim_name(k) for k in cfg.sweep]
     if len(set(dims)) != len(dims):
         raise ConfigError(f"sweep axes {list(cfg.sweep)} share a short name; results dims must be unique")
@@ -382,6 +378,10 @@ def build_config(raw: dict, overrides: list[tuple[str, Any]] = (), name: str = "
 def check_combinations(cfg: Config) -> None:
     """Refuse combinations of values that cannot work together, and keys that would do nothing."""
     for key in cfg.sweep:
+        if cfg.get(key) != default(key):   # a single value given beside the axis would be saved and ignored
+            raise ConfigError(f"{key} = {cfg.get(key)!r} and sweep.{key} = {cfg.sweep[key]}: the sweep sets "
+                              f"{key}, the single value would be ignored; remove one (to change the axis from "
+                              f"[on_cpu] or --set, set \"sweep.{key}\")")
         if key.startswith(("eval.", "run.")):
             raise ConfigError(f"sweep.{key}: eval and run keys apply to the whole sweep (one evaluation "
                               f"schedule, one results file); set a single value")

@@ -24,6 +24,10 @@ def small_config(sweep: dict, **sections) -> "Config":
         del raw["task"]["batch_size"]
     if raw["train"].get("optimizer") == "lbfgs" and "lr" not in sections.get("train", {}):
         del raw["train"]["lr"]
+    for key in sweep:   # a default here beside an axis of the same key would be refused (the sweep sets it)
+        section, _, name = key.partition(".")
+        if name in raw.get(section, {}) and name not in sections.get(section, {}):
+            del raw[section][name]
     raw["sweep"] = sweep
     return build_config(raw)
 

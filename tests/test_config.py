@@ -138,7 +138,7 @@ def test_console_script_no_traceback(tmp_path):
 
 
 def test_overrides_generators_and_on_cpu(tmp_path):
-    raw = {"model": {"width": 8}, "sweep": {"model.width": {"powers_of_two": [2, 16]}, "seed": {"range": [0, 3]},
+    raw = {"model": {"depth": 2}, "sweep": {"model.width": {"powers_of_two": [2, 16]}, "seed": {"range": [0, 3]},
                                             "train.lr": {"logspace": [1e-3, 1e-1, 3]}},
            "on_cpu": {"train.steps": 7, "sweep.seed": [0]}}
     cfg = build_config(raw, [parse_override("train.steps=11")], on_cpu=True)

@@ -144,11 +144,12 @@ def compile_cache(tmp_path_factory):
 
 
 def settings(base: dict, change: dict | None = None) -> dict[str, Any]:
-    """The TINY values that act in this config, then ``base``, then ``change`` (dotted key -> value)."""
+    """The TINY values that act in this config and are not swept, then ``base``, then ``change`` (dotted key -> value)."""
     over = {**base, **(change or {})}
     probe = Config().with_values({k: v for k, v in {**TINY, **over}.items() if not k.startswith("sweep.")})
     probe.sweep = {k[len("sweep."):]: list(v) for k, v in over.items() if k.startswith("sweep.")}
-    return {**{k: v for k, v in TINY.items() if k not in over and applies(k, probe)}, **over}
+    return {**{k: v for k, v in TINY.items() if k not in over and f"sweep.{k}" not in over and applies(k, probe)},
+            **over}   # a TINY value beside an axis of the same key would be refused (the sweep sets it)
 
 
 def config(base: dict, change: dict | None = None):

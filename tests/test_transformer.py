@@ -18,7 +18,8 @@ TASK = {"name": "markov", "vocab": 8, "context": 8, "batch_size": 8, "test_size"
 
 def config(sweep: dict, model: dict | None = None, train: dict | None = None, task: dict | None = None,
            combinations: bool = True, **sections):
-    model = {"family": "transformer", "depth": 1, **({} if "head_size" in (model or {}) else {"heads": 2}), **(model or {})}
+    two_heads = {} if "head_size" in (model or {}) or "model.heads" in sweep else {"heads": 2}
+    model = {"family": "transformer", "depth": 1, **two_heads, **(model or {})}
     raw = {"task": {**TASK, **(task or {})},
            "model": model,
            "train": {"steps": 12, "chunk_steps": 5, "lr": 1e-2, **(train or {})},
@@ -237,7 +238,7 @@ def test_bf16_matmuls_train_like_float32():
     ({"task": {"name": "markov"}}, "trains on task 'regression-1d'"),
     ({"model": {"family": "transformer", "width": 30}, "task": {"name": "markov"}}, "multiple of heads"),
     ({"model": {"family": "transformer", "head_size": 5}, "task": {"name": "markov"}}, "multiple of the head size"),
-    ({"model": {"family": "transformer", "width": 12, "heads": 2, "positions": "rotary"}, "task": {"name": "markov"},
+    ({"model": {"family": "transformer", "heads": 2, "positions": "rotary"}, "task": {"name": "markov"},
       "sweep": {"model.width": [12, 6]}}, "even head size"),
     ({"model": {"family": "transformer", "parameterization": "mup"}, "task": {"name": "markov"},
       "train": {"optimizer": "sgd"}}, "Adam ones"),
