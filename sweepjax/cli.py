@@ -90,7 +90,7 @@ def cmd_coordcheck(args: argparse.Namespace) -> int:
     from sweepjax.analysis.coordcheck import coordcheck_config, describe
     from sweepjax.config import load_config
     from sweepjax.engine.lock import OutputLock
-    from sweepjax.plots import plot_coordcheck
+    from sweepjax.analysis.coordcheck import plot_coordcheck
     from sweepjax.run import check_out, run_sweep
     cfg = coordcheck_config(load_config(args.config, args.set, on_cpu=jax.default_backend() == "cpu",
                                         combinations=False), args.steps)

@@ -328,7 +328,7 @@ def analyse(out: Path, ds: xr.Dataset, run_cfg: RunConfig, log: TextIO | None = 
             print(describe(row), file=log)
     atomic_write(Path(out) / FIT_FILE, lambda p: p.write_text(json.dumps(rows, indent=2)))
     if run_cfg.figures:
-        from sweepjax.plots import make_figures
+        from sweepjax.analysis.lottery import make_figures
         for path in make_figures(ds, rows, Path(out) / FIGURES_DIR):
             if log:
                 print(f"figure: {path}", file=log)

@@ -124,7 +124,7 @@ def test_below_floor_member_is_left_out_with_one_warning_line():
 
 
 def test_scaling_figure_with_diverged_and_unfittable_slices(tmp_path):
-    from sweepjax.plots import plot_scaling
+    from sweepjax.analysis.scaling import plot_scaling
     ds = xr.concat([sweep({128: 12, 32: 6}), sweep({16: 8, 32: 9, 64: 16, 128: 10})], dim="activation")
     ds = ds.assign_coords(activation=["relu", "silu"])
     rows = width_scaling(ds, n_boot=0)

@@ -8,6 +8,8 @@ engine, recording activation RMS at every step.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import xarray as xr
 
@@ -68,3 +70,32 @@ def describe(ds: xr.Dataset) -> str:
             vals = " | ".join(f"{float(t.sel(parameterization=p, probe=probe)):.2f}" for t in tables)
             lines.append(f"| {p} | {probe} | {vals} |")
     return "\n".join(lines)
+
+
+def plot_coordcheck(ds: xr.Dataset, path: Path) -> Path:
+    """Activation RMS vs width, one panel per (parameterization, probe), one line per training step."""
+    from sweepjax.plots import plt, save, width_ticks
+    pars, probes = list(np.atleast_1d(ds["parameterization"].values)), list(ds["probe"].values)
+    act = ds["activation_rms"]
+    act = act.median([d for d in act.dims if d not in ("width", "parameterization", "probe", "eval_step")])
+    steps, widths = ds["eval_step"].values, ds["width"].values
+    fig, axes = plt.subplots(len(pars), len(probes), figsize=(2.6 * len(probes), 2.4 * len(pars)),
+                             sharex=True, sharey="col", squeeze=False)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(steps)))
+    for r, p in enumerate(pars):
+        for c, probe in enumerate(probes):
+            ax = axes[r, c]
+            for color, step in zip(colors, steps):
+                ax.plot(widths, act.sel(parameterization=p, probe=probe, eval_step=step).values, "o-",
+                        color=color, ms=3, lw=1, label=f"step {step}")
+            column = act.sel(probe=probe).values
+            lo, hi = np.nanmin(column), np.nanmax(column)
+            ax.set(xscale="log", yscale="log", title=f"{p}: {probe}", ylim=(lo / 2, hi * 2))
+            width_ticks(ax, widths)
+            if c == 0:
+                ax.set_ylabel("activation RMS")
+            if r == len(pars) - 1:
+                ax.set_xlabel("width (d_model)")
+    axes[0, -1].legend(fontsize=6)
+    fig.suptitle("Coordinate check: flat in width under muP, drifting under SP", fontsize=10)
+    return save(fig, path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from pathlib import Path
 from typing import TextIO
 
 import numpy as np
@@ -42,7 +43,8 @@ def fitted_loss(ds: xr.Dataset) -> tuple[xr.DataArray, str]:
     return loss, label
 
 
-def _name(sel: dict) -> str:
+def slice_name(sel: dict) -> str:
+    """A selection of coordinates as a label, e.g. ``activation=silu, lr=0.001`` (``all`` if empty)."""
     return ", ".join(f"{k}={v}" for k, v in sel.items()) or "all"
 
 
@@ -53,7 +55,7 @@ def _drop_at_floor(da: xr.DataArray, loss: np.ndarray, sel: dict, log: TextIO | 
     if low.any() and log is not None:
         s, w = (i[0] for i in np.nonzero(low))
         seed = f" seed {da['seed'].values[s]}" if "seed" in da.dims else ""
-        print(f"warning: {_name(sel)}: {int(low.sum())} member(s) at or below the loss floor "
+        print(f"warning: {slice_name(sel)}: {int(low.sum())} member(s) at or below the loss floor "
               f"(e.g. width {da['width'].values[w]}{seed}: {loss[s, w]:.3g}) cannot be fitted in log space "
               f"and are left out of the fit", file=log)
     return np.where(low, np.nan, loss), int(low.sum())
@@ -121,7 +123,7 @@ def width_scaling(ds: xr.Dataset, form: str = "power_law", n_boot: int = 1000, s
 
 def describe(row: dict) -> str:
     """One line: slice, exponent with its interval, fit window, diverged seeds per width."""
-    name = _name(row["slice"])
+    name = slice_name(row["slice"])
     div = row.get("diverged_per_width", [])
     diverged = ""
     if any(div):
@@ -140,3 +142,42 @@ def describe(row: dict) -> str:
     w = row["widths"]
     return (f"{name}: {row.get('loss', 'loss')} ~ width^-alpha, alpha = {row['alpha']:.3f}{ci}, "
             f"widths {w[0]:g}-{w[-1]:g}, form {row['form']}{diverged}{flag}")
+
+
+def plot_scaling(ds: xr.Dataset, rows: list[dict], path: Path) -> Path:
+    """Median final test loss vs width (IQR band over seeds), fitted power law, N^-1 and N^-4 guides.
+
+    Diverged seeds count as the worst loss (as in the fit): a median or quartile they make +inf is not drawn.
+    """
+    from sweepjax.plots import plt, save, width_ticks
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    target, label = fitted_loss(ds)
+    for i, row in enumerate(rows):
+        da = target.sel(**row["slice"]) if row["slice"] else target
+        w = da["width"].values
+        v = da.transpose("seed", "width").values if "seed" in da.dims else da.values[None]
+        with np.errstate(invalid="ignore"):  # quartiles between a finite loss and +inf
+            q = np.nanpercentile(v, [25, 50, 75], axis=0)
+        q[1] = reduce_runs(v, "median")
+        q = np.where(np.isfinite(q), q, np.nan)
+        color = f"C{i}"
+        ax.fill_between(w, q[0], q[2], color=color, alpha=0.2, lw=0)
+        ax.plot(w, q[1], "o", color=color, label=f"{slice_name(row['slice'])} (median over seeds)")
+        if row["alpha"] is None:
+            continue
+        x = np.array(row["widths"])
+        p = row["params"]
+        fit_y = p["A"] * x ** -p["alpha"] + p.get("E", 0.0)
+        ci = f" [{row['alpha_ci'][0]:.2f}, {row['alpha_ci'][1]:.2f}]" if row["alpha_ci"] else ""
+        ax.plot(x, fit_y, "-", color=color, label=f"fit: alpha = {row['alpha']:.2f}{ci}")
+    fitted = [r for r in rows if r["alpha"] is not None]
+    if fitted:
+        x0, y0 = fitted[0]["widths"][0], fitted[0]["median_loss"][0]
+        xs = np.array([x0, ds["width"].values.max()])
+        guides = ((1, ":"),) if "irreducible_loss" in ds else ((1, ":"), (4, "--"))  # N^-4: the lottery study's
+        for p, style in guides:
+            ax.plot(xs, y0 * (xs / x0) ** -p, "k" + style, lw=1, label=f"N^-{p} guide")
+    ax.set(xscale="log", yscale="log", xlabel="width N", ylabel=label, title="Loss vs width")
+    width_ticks(ax, ds["width"].values)
+    ax.legend(fontsize=7)
+    return save(fig, path)
