@@ -6,8 +6,8 @@ compiled program.
 from __future__ import annotations
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from sweepjax.config import TrainConfig
