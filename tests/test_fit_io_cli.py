@@ -1,6 +1,7 @@
 """Fitting engine results (xarray / NetCDF directory), tables, and the `sweepjax fit` CLI."""
 
 import argparse
+import io
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from sweepjax.analysis.scaling import width_scaling
 from sweepjax.fit import FitInputError, fit, fit_results, sweep_slices
 from sweepjax.fit.cli import add_fit_parser, run_fit
 
@@ -57,6 +59,7 @@ def test_slices_and_tables(sweep):
     parts = sweep_slices(sweep)
     assert parts["relu"].x.shape == (7, 1) and parts["relu"].y.shape == (5, 7)
     assert np.isposinf(parts["relu"].y).sum() == 1 and not np.isnan(parts["relu"].y).any()
+    assert parts["relu"].sel == {"activation": "relu"} and parts["relu"].label == "final test loss"
     table = sweep[["final_test_loss", "diverged"]].to_dataframe().reset_index()
     by_table = fit_results(table, by="activation")
     assert by_table["gelu"].params == pytest.approx(fit_results(sweep)["gelu"].params, rel=1e-9)
@@ -64,6 +67,46 @@ def test_slices_and_tables(sweep):
         fit_results(table)
     with pytest.raises(FitInputError, match="over='run'"):
         sweep_slices(sweep, over="run")
+
+
+def test_width_fit_fit_results_and_cli_agree(tmp_path, capsys):
+    """The width fit after a run, fit_results and `sweepjax fit` read results through one path
+    (sweep_slices): the loss floor subtracted, a diverged member the worst loss (+inf), a member
+    below the floor left out with one warning line."""
+    rng = np.random.default_rng(1)
+    bayes, seeds = 2.0, 5
+    loss = bayes + 0.5 * WIDTHS ** -0.8 * np.exp(0.02 * rng.standard_normal((seeds, WIDTHS.size)))
+    diverged = np.zeros(loss.shape, bool)
+    diverged[2, 4] = True
+    loss[diverged] = np.nan
+    loss[0, 1] = bayes - 1e-6
+    ds = xr.Dataset({"final_test_loss": (("seed", "width"), loss),
+                     "diverged": (("seed", "width"), diverged), "test_bayes_loss": ((), bayes)},
+                    coords={"seed": np.arange(seeds), "width": WIDTHS})
+    part = sweep_slices(ds, log=None)[None]
+    assert part.label == "final test loss - test-set Bayes loss (nats)" and part.n_below_floor == 1
+    assert np.isposinf(part.y[2, 4]) and np.isnan(part.y[0, 1])
+    np.testing.assert_allclose(part.y[1], loss[1] - bayes, rtol=1e-12)
+
+    log = io.StringIO()
+    (row,) = width_scaling(ds, n_boot=50, log=log)
+    res = fit_results(ds, form="power_law", log=log)
+    assert res.params == pytest.approx(row["params"], rel=1e-9)
+    first, second = log.getvalue().splitlines()
+    assert first == second and "1 member(s) at or below the loss floor" in first
+    table = ds.to_dataframe().reset_index()   # test_bayes_loss and diverged as columns
+    assert fit_results(table, form="power_law", log=None).params == pytest.approx(row["params"], rel=1e-9)
+    raw = fit_results(ds, form="power_law", floor=False, log=None)   # the loss as stored
+    assert raw.params["alpha"] < 0.1 < row["alpha"]
+
+    ds.to_netcdf(tmp_path / "results.nc", engine="h5netcdf")
+    rc, out, err = _cli([str(tmp_path), "--form", "power_law", "--bootstrap", "50", "--drop", "0",
+                         "--json", str(tmp_path / "fit.json")], capsys)
+    assert rc == 0 and err.splitlines() == [first]
+    (entry,) = json.loads((tmp_path / "fit.json").read_text())
+    assert "Bayes" in out and entry["y"] == row["loss"]
+    assert entry["params"] == pytest.approx(row["params"], rel=1e-6)
+    assert entry["ci"]["alpha"] == pytest.approx(row["alpha_ci"], rel=1e-6)
 
 
 def _cli(argv, capsys):

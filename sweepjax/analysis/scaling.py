@@ -16,6 +16,9 @@ import xarray as xr
 
 from sweepjax import fit as fitting
 from sweepjax.fit.inputs import reduce_runs
+from sweepjax.fit.io import Slice, fitted_loss, slice_name, sweep_slices
+
+__all__ = ["describe", "fitted_loss", "plot_scaling", "slice_name", "slices", "width_scaling"]
 
 
 def slices(ds: xr.Dataset, keep: tuple[str, ...]) -> list[dict]:
@@ -24,47 +27,14 @@ def slices(ds: xr.Dataset, keep: tuple[str, ...]) -> list[dict]:
     return [dict(zip(other, combo)) for combo in itertools.product(*(ds[d].values.tolist() for d in other))]
 
 
-def fitted_loss(ds: xr.Dataset) -> tuple[xr.DataArray, str]:
-    """The per-member loss the width fit uses, and its axis label.
-
-    The final test loss minus the task's floor when the results hold one: ``test_bayes_loss`` (the
-    true Markov chain's loss on the same fixed test sequences, nats) or, in results saved before it
-    existed, ``irreducible_loss`` (the chain's entropy rate, which leaves the test set's sampling
-    offset in the excess). Members flagged ``diverged`` are +inf, the worst loss; members that were
-    not run stay NaN.
-    """
-    loss, label = ds["final_test_loss"], "final test loss"
-    if "test_bayes_loss" in ds:
-        loss, label = loss - ds["test_bayes_loss"], "final test loss - test-set Bayes loss (nats)"
-    elif "irreducible_loss" in ds:
-        loss, label = loss - ds["irreducible_loss"], "final test loss - entropy rate (nats)"
-    if "diverged" in ds:
-        loss = loss.where(~ds["diverged"].astype(bool), np.inf)
-    return loss, label
-
-
-def slice_name(sel: dict) -> str:
-    """A selection of coordinates as a label, e.g. ``activation=silu, lr=0.001`` (``all`` if empty)."""
-    return ", ".join(f"{k}={v}" for k, v in sel.items()) or "all"
-
-
-def _drop_at_floor(da: xr.DataArray, loss: np.ndarray, sel: dict, log: TextIO | None) -> tuple[np.ndarray, int]:
-    """``loss`` (seeds, widths) with finite values <= 0 set to NaN (left out), and their number;
-    one warning line to ``log`` when there are any."""
-    low = np.isfinite(loss) & (loss <= 0)
-    if low.any() and log is not None:
-        s, w = (i[0] for i in np.nonzero(low))
-        seed = f" seed {da['seed'].values[s]}" if "seed" in da.dims else ""
-        print(f"warning: {slice_name(sel)}: {int(low.sum())} member(s) at or below the loss floor "
-              f"(e.g. width {da['width'].values[w]}{seed}: {loss[s, w]:.3g}) cannot be fitted in log space "
-              f"and are left out of the fit", file=log)
-    return np.where(low, np.nan, loss), int(low.sum())
-
-
 def width_scaling(ds: xr.Dataset, form: str = "power_law", n_boot: int = 1000, seed: int = 0,
                   min_width: int = 0, max_width: int = 0, level: float = 0.95,
                   log: TextIO | None = sys.stderr) -> list[dict]:
     """Fit the median over seeds of :func:`fitted_loss` vs width for each slice; one dict per slice.
+
+    The slices are :func:`sweepjax.fit.sweep_slices` of ``final_test_loss`` against ``width`` over
+    ``seed`` (the path ``sweepjax fit`` and ``fit_results`` use too), so the loss floor the results
+    carry is subtracted and:
 
     Diverged members (survivorship): a diverged member counts as the worst loss (+inf) in the median
     over seeds, so a width where half or more of the seeds diverged has median +inf and is left out of
@@ -88,37 +58,34 @@ def width_scaling(ds: xr.Dataset, form: str = "power_law", n_boot: int = 1000, s
     ``converged``, and ``note`` (why there is no fit, when too few widths are left: then ``alpha`` is None).
     Widths outside [min_width, max_width] (0 = no bound) are left out.
     """
-    rows = []
-    target, label = fitted_loss(ds)
-    for sel in slices(ds, ("seed", "width")):
-        da = target.sel(**sel) if sel else target
-        w = da["width"].values
-        keep = (w >= min_width) & ((w <= max_width) if max_width else True)
-        da = da.isel(width=np.flatnonzero(keep))
-        loss = da.transpose("seed", "width").values if "seed" in da.dims else da.values[None, :]
-        loss, below = _drop_at_floor(da, loss, sel, log)
-        ran = ~np.isnan(loss).all(axis=0)
-        x, loss = da["width"].values[ran].astype(float), loss[:, ran]
-        med = reduce_runs(loss, "median")
-        ok = np.isfinite(med)
-        row = {"slice": sel, "form": form, "loss": label, "widths": x[ok].tolist(), "median_loss": med[ok].tolist(),
-               "all_widths": x.tolist(), "seeds_per_width": (~np.isnan(loss)).sum(axis=0).tolist(),
-               "diverged_per_width": np.isposinf(loss).sum(axis=0).tolist(),
-               "unfitted_widths": x[~ok].tolist(), "n_below_floor": below, "params": {}, "alpha": None,
-               "alpha_ci": None, "boot_failed": 0, "level": level, "converged": False, "note": ""}
-        try:
-            res = fitting.fit(x[ok], med[ok], form=form)
-        except fitting.FitInputError as err:
-            row["note"] = f"no fit: {err}"
-            rows.append(row)
-            continue
-        row.update(params={k: float(v) for k, v in res.params.items()}, alpha=float(res.params["alpha"]),
-                   converged=bool(res.converged))
-        if n_boot and loss.shape[0] > 1:
-            boot = fitting.bootstrap(x, loss, form=form, n_resamples=n_boot, seed=seed, level=level, reduce="median")
-            row.update(alpha_ci=tuple(float(v) for v in boot.ci("alpha")), boot_failed=n_boot - boot.n_valid)
-        rows.append(row)
-    return rows
+    w = ds["width"].values
+    ds = ds.isel(width=np.flatnonzero((w >= min_width) & ((w <= max_width) if max_width else True)))
+    return [_fit_row(part, form, n_boot, seed, level)
+            for part in sweep_slices(ds, "width", "final_test_loss", "seed", log=log).values()]
+
+
+def _fit_row(part: Slice, form: str, n_boot: int, seed: int, level: float) -> dict:
+    """The :func:`width_scaling` dict of one slice."""
+    x, loss = part.x[:, 0], part.y
+    med = reduce_runs(loss, "median")
+    ok = np.isfinite(med)
+    row = {"slice": part.sel, "form": form, "loss": part.label, "widths": x[ok].tolist(),
+           "median_loss": med[ok].tolist(), "all_widths": x.tolist(),
+           "seeds_per_width": (~np.isnan(loss)).sum(axis=0).tolist(),
+           "diverged_per_width": np.isposinf(loss).sum(axis=0).tolist(),
+           "unfitted_widths": x[~ok].tolist(), "n_below_floor": part.n_below_floor, "params": {},
+           "alpha": None, "alpha_ci": None, "boot_failed": 0, "level": level, "converged": False, "note": ""}
+    try:
+        res = fitting.fit(x[ok], med[ok], form=form)
+    except fitting.FitInputError as err:
+        row["note"] = f"no fit: {err}"
+        return row
+    row.update(params={k: float(v) for k, v in res.params.items()}, alpha=float(res.params["alpha"]),
+               converged=bool(res.converged))
+    if n_boot and loss.shape[0] > 1:
+        boot = fitting.bootstrap(x, loss, form=form, n_resamples=n_boot, seed=seed, level=level, reduce="median")
+        row.update(alpha_ci=tuple(float(v) for v in boot.ci("alpha")), boot_failed=n_boot - boot.n_valid)
+    return row
 
 
 def describe(row: dict) -> str:

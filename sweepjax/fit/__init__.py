@@ -12,7 +12,8 @@ model comparison.
 Module map: forms (the registry), inputs (validation, `FitInputError`), lbfgs (batched
 multi-start L-BFGS), estimate (`fit`), uncertainty (`bootstrap`, `window_sensitivity`),
 compare (`compare_forms`), compute_optimal (approaches 1-3), io (results directories,
-CSV, xarray, pandas), plot (`plot_fit`), cli (``sweepjax fit``).
+CSV, xarray, pandas: `sweep_slices`, the one path from results to fit data, also used by
+the width fit after a run), plot (`plot_fit`), cli (``sweepjax fit``).
 """
 
 from .compare import compare_forms, extrapolation_errors

@@ -1,6 +1,9 @@
 """The ``sweepjax fit`` subcommand: fit a scaling law to an engine results directory or a
 CSV file and print parameters with bootstrap intervals, convergence, fit-window
-sensitivity and (with --holdout) a ranking of forms by extrapolation error."""
+sensitivity and (with --holdout) a ranking of forms by extrapolation error.
+
+The data come from `sweepjax.fit.io.sweep_slices`, as for the width fit after a run: diverged
+runs count as the worst loss and the loss floor the results carry is subtracted (--no-floor: not)."""
 
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ def add_fit_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                    help="size dimension or column; for joint forms a comma list in the form's "
                         "variable order, e.g. n_params,tokens (default: width)")
     p.add_argument("--y", default="final_test_loss", help="loss variable or column")
+    p.add_argument("--no-floor", dest="floor", action="store_false",
+                   help="fit y as stored: do not subtract the loss floor the results carry "
+                        "(test_bayes_loss, else irreducible_loss)")
     p.add_argument("--form", default="power_law_offset", choices=sorted(FORMS))
     p.add_argument("--method", default=Options.method, choices=METHODS)
     p.add_argument("--delta", type=float, default=Options.delta,
@@ -61,9 +67,10 @@ def add_fit_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     return p
 
 
-def _format(res: FitResult, boot: BootstrapResult | None, n_runs: int, reduce: str) -> list[str]:
+def _format(res: FitResult, boot: BootstrapResult | None, n_runs: int, reduce: str,
+            label: str) -> list[str]:
     runs = f", {n_runs} runs per point reduced by {reduce}" if n_runs > 1 else ""
-    lines = [f"form {res.form}: {res.spec.formula}",
+    lines = [f"form {res.form}: {res.spec.formula}", f"  y: {label}",
              f"  method {res.method}, {res.n_points} points{runs}, objective {res.objective:.6g}"]
     ci_head = (f"{100 * boot.level:g}% CI (bootstrap over {boot.over}, {boot.n_resamples} "
                f"resamples)") if boot else "(no bootstrap)"
@@ -97,7 +104,8 @@ def run_fit(args: argparse.Namespace) -> int:
     """Run ``sweepjax fit`` with parsed ``args``; prints the report, returns the exit code
     (0 ok, 2 bad input with a one-line ``error:`` message on stderr)."""
     try:
-        slices = sweep_slices(args.path, args.x, args.y, args.over, args.by)
+        slices = sweep_slices(args.path, args.x, args.y, args.over, args.by, floor=args.floor,
+                              log=sys.stderr)
         options = dict(method=args.method, delta=args.delta)
         report = []
         for key, part in slices.items():
@@ -110,8 +118,8 @@ def run_fit(args: argparse.Namespace) -> int:
             else:
                 res = fit(*part.reduced(args.reduce), args.form, **options)
             lines = [] if key is None else [f"== {key} =="]
-            lines += _format(res, boot, len(Y), args.reduce)
-            entry = {"key": None if key is None else str(key), "form": res.form,
+            lines += _format(res, boot, len(Y), args.reduce, part.label)
+            entry = {"key": None if key is None else str(key), "y": part.label, "form": res.form,
                      "method": res.method, "params": res.params, "objective": res.objective,
                      "converged": res.converged, "n_starts": res.n_starts,
                      "n_converged": res.n_converged, "start_spread": res.start_spread}
