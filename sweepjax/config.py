@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from sweepjax.tasks import TASKS
 
 
 class ConfigError(ValueError):
@@ -22,24 +25,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class TaskConfig:
-    """Data: what to learn and how batches are drawn."""
-    name: str = "regression-1d"      # task family: "regression-1d" (mlp models) or "markov" (transformer models)
-    function: str = "power"          # f(x): "power" (x**power), "sin" (sin(power*x)), "abs" (|x|**power)
-    power: float = 2.0
-    low: float = -2.0                # x ~ U[low, high]
-    high: float = 2.0
-    train_data: str = "fresh"        # "fresh": new U[low, high] minibatch every step; "grid": full batch on a fixed grid
-    batch_size: int = 1024           # minibatch size for train_data = "fresh"
-    grid_size: int = 1000            # points of the fixed training grid for train_data = "grid" (1000: its
-                                     # points never meet the test grid's cell midpoints, whatever test_size)
-    test_size: int = 1001            # points of the fixed evaluation grid (midpoints of test_size equal cells of [low, high])
+    """Keys every task has. Each task subclasses it with its own keys (its ``Keys`` class, see
+    :mod:`sweepjax.tasks`); ``Config.task`` is an instance of the chosen task's class."""
+    name: str = "regression-1d"      # the task (sweepjax.tasks.TASKS); a sweep trains one task
+    batch_size: int = 1024           # training samples (sequences, for token tasks) per step
+    test_size: int = 1001            # samples (sequences) of the fixed test set
     data_seed: int = -1              # -1: each member's data stream follows its init seed; >= 0: one shared stream
-    # markov: token sequences from a random Markov chain (batch_size / test_size count sequences)
-    vocab: int = 32                  # tokens V
-    context: int = 64                # tokens the model sees per sequence (each sequence has context + 1 tokens)
-    chain_seed: int = 0              # seed of the transition matrix (the same chain for every member)
-    sparsity: float = 0.0            # share of zero entries in each row of the transition matrix, in [0, 1)
-    temperature: float = 1.0         # rows are softmax(N(0, 1) / temperature): small = near-deterministic
+    dataset_size: int = 0            # 0: fresh samples every step; D > 0: a fixed training set of D samples per
+                                     # member, reshuffled every epoch, minibatch min(D, batch_size)
 
 
 @dataclass
@@ -62,7 +55,8 @@ class ModelConfig:
     tie_embeddings: bool = False     # readout = token embedding transposed
     parameterization: str = "sp"     # "sp" (standard) or "mup" (maximal update, Adam rules, relative to base_width)
     base_width: int = 64             # muP: width at which muP and SP coincide (multiplier m = width / base_width)
-    zero_readout: bool = False       # initialise the readout (unembedding) to zero
+    zero_init: list = field(default_factory=list)  # parameters that start at zero: "proj" (each block's output
+                                     # projections), "head" (the readout); e.g. ["proj", "head"]
     base_mlp_ratio: int = 0          # muP: MLP ratio of the base model (0: each member's own mlp_ratio)
 
 
@@ -100,6 +94,7 @@ class EvalConfig:
     save_predictions: bool = False   # keep each member's final predictions on the test grid
     save_params: bool = False        # keep each member's final parameters (padded, zeros outside true size)
     activations: bool = False        # record activation sizes (RMS over active units, on the test set) at each evaluation
+    every: int = 0                   # > 0: also evaluate every this many steps (dense enough for best_test_loss)
 
 
 @dataclass
@@ -124,10 +119,7 @@ SECTIONS: dict[str, type] = {
 }
 
 # Allowed values of string keys.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "task.name": ("regression-1d", "markov"),
-    "task.function": ("power", "sin", "abs"),
-    "task.train_data": ("fresh", "grid"),
+CHOICES: dict[str, tuple[str, ...]] = {   # task.name: any name in sweepjax.tasks.TASKS
     "model.family": ("mlp", "transformer"),
     "model.activation": ("silu", "relu", "relu2", "gelu", "tanh"),
     "model.norm": ("none", "rmsnorm", "layernorm"),
@@ -139,12 +131,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("constant", "cosine", "warmup_cosine", "linear", "wsd"),
     "train.precision": ("float32", "float64", "bf16"),
     "run.fit_form": ("power_law", "power_law_offset"),
+    "model.zero_init": ("proj", "head"),     # a list of these
 }
 
 # Lower bounds of numeric keys: (bound, inclusive).
 MINIMUM: dict[str, tuple[float, bool]] = {
-    "task.batch_size": (1, True), "task.grid_size": (2, True), "task.test_size": (2, True),
-    "task.power": (0, False), "task.data_seed": (-1, True),
+    "task.batch_size": (1, True), "task.test_size": (2, True), "task.data_seed": (-1, True),
+    "task.dataset_size": (0, True), "eval.every": (0, True),
     "model.width": (1, True), "model.depth": (1, True), "model.mlp_ratio": (1, True),
     "train.seed": (0, True), "train.lr": (0, False), "train.lr_depth_scaling": (0, True), "train.final_lr_fraction": (0, True),
     "train.warmup_fraction": (0, True), "train.decay_fraction": (0, False), "train.weight_decay": (0, True),
@@ -154,8 +147,7 @@ MINIMUM: dict[str, tuple[float, bool]] = {
     "run.bootstrap": (0, True), "run.max_padding_waste": (0, True), "run.checkpoint_steps": (0, True),
     "run.checkpoint_minutes": (0, True), "run.keep_checkpoints": (1, True), "run.memory_fraction": (0, False),
     "run.memory_limit_gb": (0, True),
-    "task.vocab": (2, True), "task.context": (1, True), "task.chain_seed": (0, True), "task.sparsity": (0, True),
-    "task.temperature": (0, False), "model.heads": (1, True), "model.head_size": (0, True),
+    "model.heads": (1, True), "model.head_size": (0, True),
     "model.rope_base": (1, False), "model.base_width": (1, True), "train.adam_b1": (0, True),
     "train.adam_b2": (0, True), "train.adam_eps": (0, True), "model.base_mlp_ratio": (0, True),
     "train.lbfgs_linesearch_steps": (1, True), "train.divergence_factor": (0, True),
@@ -163,12 +155,12 @@ MINIMUM: dict[str, tuple[float, bool]] = {
 MAXIMUM: dict[str, float] = {
     "train.final_lr_fraction": 1.0, "train.warmup_fraction": 1.0, "train.decay_fraction": 1.0, "train.momentum": 1.0,
     "model.width": 2**20, "model.depth": 4096, "train.steps": 10**9, "task.batch_size": 10**8,
-    "task.grid_size": 10**8, "task.test_size": 10**7, "model.mlp_ratio": 64, "run.memory_fraction": 1.0,
-    "task.vocab": 4096, "task.context": 2**16, "model.heads": 4096, "model.head_size": 2**16,
+    "task.test_size": 10**7, "task.dataset_size": 10**9, "model.mlp_ratio": 64, "run.memory_fraction": 1.0,
+    "model.heads": 4096, "model.head_size": 2**16,
     "model.base_mlp_ratio": 64, "train.lbfgs_linesearch_steps": 1000,
 }
 # Upper bounds that are exclusive.
-BELOW: dict[str, float] = {"task.sparsity": 1.0, "train.adam_b1": 1.0, "train.adam_b2": 1.0}
+BELOW: dict[str, float] = {"train.adam_b1": 1.0, "train.adam_b2": 1.0}
 
 # Keys a resumed run may change (with --allow-change): they do not change any member's numbers.
 RESUME_SAFE_KEYS = ("run.out", "run.fit_form", "run.bootstrap", "run.figures", "run.checkpoint_steps",
@@ -176,15 +168,16 @@ RESUME_SAFE_KEYS = ("run.out", "run.fit_form", "run.bootstrap", "run.figures", "
 
 # Sweep axis aliases: short name -> full key.
 AXIS_ALIASES = {"seed": "train.seed", "data_seed": "task.data_seed"}
-# Keys whose sweep values are numbers inside one compiled program (everything else is structural).
+# Keys whose sweep values are numbers inside one compiled program (everything else is structural);
+# a task adds its own (its ``MEMBER_KEYS``): see :func:`member_keys`.
 PER_MEMBER_KEYS = ("train.seed", "task.data_seed", "model.width", "model.depth", "train.lr", "model.heads",
-                   "model.mlp_ratio", "train.steps")
+                   "model.mlp_ratio", "train.steps", "task.dataset_size")
 
 
 @dataclass
 class Config:
     """A fully resolved config: one value per key, plus the sweep axes (key -> list of values)."""
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: TaskConfig = field(default_factory=lambda: schema(DEFAULT_TASK).sections["task"]())
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -197,12 +190,17 @@ class Config:
         section, name = key.split(".")
         return getattr(getattr(self, section), name)
 
+    @property
+    def schema(self) -> "Schema":
+        """The keys and rules of this config's task."""
+        return schema(self.task.name)
+
     def with_values(self, values: dict[str, Any]) -> "Config":
         """A copy with some dotted keys replaced (used to build one member's config)."""
         new = dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s)) for s in SECTIONS})
         for key, value in values.items():
             section, name = key.split(".")
-            setattr(getattr(new, section), name, value)
+            setattr(getattr(new, section), name, list(value) if isinstance(value, list) else value)
         return new
 
     def to_dict(self) -> dict:
@@ -212,29 +210,78 @@ class Config:
         return out
 
 
-def all_keys() -> list[str]:
-    """Every valid dotted key."""
-    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+DEFAULT_TASK = "regression-1d"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Every key of a config that trains ``task``, with the rules of its values: the tables above
+    (CHOICES, MINIMUM, ...) plus the task's own (a task class's tables, keyed ``task.<key>``)."""
+    task: str
+    sections: dict[str, type]
+    choices: dict[str, tuple]
+    minimum: dict[str, tuple[float, bool]]
+    maximum: dict[str, float]
+    below: dict[str, float]
+    applies: dict[str, tuple]
+    why: dict[str, str]
+    member_keys: tuple[str, ...]
+
+    def keys(self) -> list[str]:
+        """Every valid dotted key."""
+        return [f"{s}.{f.name}" for s, cls in self.sections.items() for f in fields(cls)]
+
+    def field_type(self, key: str) -> Any:
+        section, name = key.split(".")
+        return {f.name: f.type for f in fields(self.sections[section])}[name]
+
+    def default(self, key: str) -> Any:
+        section, name = key.split(".")
+        return getattr(self.sections[section](), name)
+
+
+@functools.lru_cache(maxsize=None)
+def schema(task: str) -> Schema:
+    """The :class:`Schema` of configs training ``task`` (imports the task's module)."""
+    from sweepjax.tasks import task_class
+    cls = task_class(task)
+    return Schema(task, {**SECTIONS, "task": cls.Keys}, {**CHOICES, **cls.CHOICES}, {**MINIMUM, **cls.MINIMUM},
+                  {**MAXIMUM, **cls.MAXIMUM}, {**BELOW, **cls.BELOW}, {**APPLIES, **cls.APPLIES}, {**_WHY, **cls.WHY},
+                  PER_MEMBER_KEYS + tuple(cls.MEMBER_KEYS))
+
+
+def all_keys(task: str | None = None) -> list[str]:
+    """Every valid dotted key of a config training ``task`` (None: of any task)."""
+    names = [task] if task else list(TASKS)
+    return list(dict.fromkeys(k for t in names for k in schema(t).keys()))
+
+
+def member_keys(cfg: "Config") -> tuple[str, ...]:
+    """Keys whose swept values are numbers inside one compiled program: :data:`PER_MEMBER_KEYS` and the task's."""
+    return cfg.schema.member_keys
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{key} = {value!r}: {allowed}")
 
 
-def _unknown(key: str, valid: list[str]) -> ConfigError:
+def _unknown(key: str, valid: list[str], task: str | None = None) -> ConfigError:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
-    return ConfigError(f"unknown key {key!r}{hint}")
+    where = f" for task {task!r}" if task and key.removeprefix("sweep.").startswith("task.") else ""
+    return ConfigError(f"unknown key {key!r}{where}{hint}")
 
 
-def _field_type(key: str) -> type:
-    section, name = key.split(".")
-    return {f.name: f.type for f in fields(SECTIONS[section])}[name]
-
-
-def coerce(key: str, value: Any) -> Any:
+def coerce(key: str, value: Any, sch: Schema) -> Any:
     """Check one value's type and range for ``key``; return it converted (int -> float where a float is due)."""
-    typ = _field_type(key)
+    typ = sch.field_type(key)
+    if typ in ("list", list):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _fail(key, value, f"must be a list of strings, from: {', '.join(sch.choices[key])}")
+        bad = [v for v in value if v not in sch.choices[key]]
+        if bad or len(set(value)) != len(value):
+            raise _fail(key, value, f"allowed: distinct entries from {', '.join(sch.choices[key])}")
+        return sorted(value)
     if typ in ("bool", bool):
         if not isinstance(value, bool):
             raise _fail(key, value, "must be true or false")
@@ -250,20 +297,20 @@ def coerce(key: str, value: Any) -> Any:
     elif typ in ("str", str):
         if not isinstance(value, str):
             raise _fail(key, value, "must be a string")
-        if key in CHOICES and value not in CHOICES[key]:
-            raise _fail(key, value, f"allowed: {', '.join(CHOICES[key])}")
-    if key in MINIMUM:
-        bound, inclusive = MINIMUM[key]
+        if key in sch.choices and value not in sch.choices[key]:
+            raise _fail(key, value, f"allowed: {', '.join(sch.choices[key])}")
+    if key in sch.minimum:
+        bound, inclusive = sch.minimum[key]
         if value < bound or (value == bound and not inclusive):
             raise _fail(key, value, f"must be {'>=' if inclusive else '>'} {bound:g}")
-    if key in MAXIMUM and value > MAXIMUM[key]:
-        raise _fail(key, value, f"must be <= {MAXIMUM[key]:g}")
-    if key in BELOW and value >= BELOW[key]:
-        raise _fail(key, value, f"must be < {BELOW[key]:g}")
+    if key in sch.maximum and value > sch.maximum[key]:
+        raise _fail(key, value, f"must be <= {sch.maximum[key]:g}")
+    if key in sch.below and value >= sch.below[key]:
+        raise _fail(key, value, f"must be < {sch.below[key]:g}")
     return value
 
 
-def _expand_axis(key: str, spec: Any) -> list:
+def _expand_axis(key: str, spec: Any, sch: Schema) -> list:
     """Sweep axis values from a list or a generator table ({range}, {logspace}, {powers_of_two})."""
     if isinstance(spec, list):
         values = spec
@@ -282,7 +329,7 @@ def _expand_axis(key: str, spec: Any) -> list:
         elif kind == "logspace" and ok_args and len(args) == 3 and args[0] > 0 and args[1] > 0 and isinstance(args[2], int) and args[2] >= 1:
             lo, hi, n = args
             values = [float(lo * (hi / lo) ** (i / max(n - 1, 1))) for i in range(n)]
-            if _field_type(key) in ("int", int):
+            if sch.field_type(key) in ("int", int):
                 values = sorted(set(int(round(v)) for v in values))
         else:
             raise _fail(f"sweep.{key}", spec, "use range = [start, stop) of ints, logspace = [lo, hi, n] or powers_of_two = [lo, hi]")
@@ -290,8 +337,8 @@ def _expand_axis(key: str, spec: Any) -> list:
         raise _fail(f"sweep.{key}", spec, "a sweep axis is a list of values or a generator table")
     if not values:
         raise _fail(f"sweep.{key}", spec, "a sweep axis needs at least one value")
-    values = [coerce(key, v) for v in values]
-    if len(set(values)) != len(values):
+    values = [coerce(key, v, sch) for v in values]
+    if len(set(map(repr, values))) != len(values):
         raise _fail(f"sweep.{key}", spec, "a sweep axis must not repeat values")
     return values
 
@@ -336,7 +383,6 @@ def build_config(raw: dict, overrides: list[tuple[str, Any]] = (), name: str = "
     """
     if not isinstance(raw, dict):
         raise ConfigError("config must be a TOML table")
-    valid = all_keys()
     raw = dict(raw)
     sweep_raw = raw.pop("sweep", {})
     cpu_raw = raw.pop("on_cpu", {})
@@ -354,19 +400,26 @@ def build_config(raw: dict, overrides: list[tuple[str, Any]] = (), name: str = "
             sweep_raw = {**sweep_raw, key[len("sweep."):]: value}
         else:
             values[key] = value
-    cfg = Config(name=name)
+    if "name" in _flatten(sweep_raw).get("task", {}) or "task.name" in _flatten(sweep_raw):
+        raise ConfigError("sweep.task.name: a sweep trains one task (each task has its own keys); run one sweep per task")
+    task = values.get("task.name", DEFAULT_TASK)
+    if task not in TASKS:
+        raise _fail("task.name", task, f"allowed: {', '.join(TASKS)}")
+    sch = schema(task)
+    valid = sch.keys()
+    cfg = Config(name=name, task=sch.sections["task"]())
     for key, value in values.items():
         if key not in valid:
-            raise _unknown(key, valid)
+            raise _unknown(key, valid, task)
         section, attr = key.split(".")
-        setattr(getattr(cfg, section), attr, coerce(key, value))
+        setattr(getattr(cfg, section), attr, coerce(key, value, sch))
     for key, spec in _flatten(sweep_raw).items():
         full = AXIS_ALIASES.get(key, key)
         if full not in valid:
-            raise _unknown(f"sweep.{key}", [f"sweep.{k}" for k in valid + list(AXIS_ALIASES)])
+            raise _unknown(f"sweep.{key}", [f"sweep.{k}" for k in valid + list(AXIS_ALIASES)], task)
         if full in cfg.sweep:
             raise ConfigError(f"sweep.{key}: axis given twice")
-        cfg.sweep[full] = _expand_axis(full, spec)
+        cfg.sweep[full] = _expand_axis(full, spec, sch)
     dims = [dim_name(k) for k in cfg.sweep]
     if len(set(dims)) != len(dims):
         raise ConfigError(f"sweep axes {list(cfg.sweep)} share a short name; results dims must be unique")
@@ -378,23 +431,21 @@ def build_config(raw: dict, overrides: list[tuple[str, Any]] = (), name: str = "
 def check_combinations(cfg: Config) -> None:
     """Refuse combinations of values that cannot work together, and keys that would do nothing."""
     for key in cfg.sweep:
-        if cfg.get(key) != default(key):   # a single value given beside the axis would be saved and ignored
+        if cfg.get(key) != cfg.schema.default(key):   # a single value given beside the axis would be saved and ignored
             raise ConfigError(f"{key} = {cfg.get(key)!r} and sweep.{key} = {cfg.sweep[key]}: the sweep sets "
                               f"{key}, the single value would be ignored; remove one (to change the axis from "
                               f"[on_cpu] or --set, set \"sweep.{key}\")")
         if key.startswith(("eval.", "run.")):
             raise ConfigError(f"sweep.{key}: eval and run keys apply to the whole sweep (one evaluation "
                               f"schedule, one results file); set a single value")
-    optimizers = cfg.sweep.get("train.optimizer", [cfg.train.optimizer])
-    data = cfg.sweep.get("task.train_data", [cfg.task.train_data])
-    if "lbfgs" in optimizers and "fresh" in data:
-        raise ConfigError("train.optimizer = 'lbfgs' with task.train_data = 'fresh': L-BFGS needs a fixed "
-                          "full batch; set task.train_data = 'grid'")
-    if cfg.task.low >= cfg.task.high:
-        raise ConfigError(f"task.low = {cfg.task.low} >= task.high = {cfg.task.high}: need low < high")
+    from sweepjax.tasks import task_class
+    task = task_class(cfg.task.name)
+    if "lbfgs" in axis(cfg, "train.optimizer") and (problem := task.not_full_batch(cfg)):
+        setting, fix = problem
+        raise ConfigError(f"train.optimizer = 'lbfgs' with {setting}: L-BFGS needs a fixed full batch; {fix}")
+    task.check(cfg)
     _check_family(cfg)
     _check_applies(cfg)
-    _check_test_grid(cfg)
     if 0 < cfg.run.max_padding_waste < 1:
         raise ConfigError(f"run.max_padding_waste = {cfg.run.max_padding_waste}: must be 0 (no bucketing) or >= 1")
 
@@ -406,12 +457,19 @@ def axis(cfg: Config, key: str) -> list:
 
 def _check_family(cfg: Config) -> None:
     """Model family, task and their options must fit together (transformers need whole heads)."""
-    pairs = {"mlp": "regression-1d", "transformer": "markov"}
+    from sweepjax.tasks import task_class
+    families = task_class(cfg.task.name).FAMILIES
     for family in axis(cfg, "model.family"):
-        for task in axis(cfg, "task.name"):
-            if pairs[family] != task:
-                raise ConfigError(f"model.family = {family!r} with task.name = {task!r}: the {family} family "
-                                  f"trains on task {pairs[family]!r}")
+        if family not in families:
+            raise ConfigError(f"model.family = {family!r} with task.name = {cfg.task.name!r}: this task trains "
+                              f"the {' or '.join(families)} family")
+    for zero in axis(cfg, "model.zero_init"):
+        if "proj" in zero and axis(cfg, "model.family") == ["mlp"] and axis(cfg, "model.residual") == [False]:
+            raise ConfigError(f"model.zero_init = {zero}: 'proj' zero-initialises the output projections of "
+                              f"residual blocks; a plain MLP has none (set model.residual = true, or drop 'proj')")
+        if "head" in zero and axis(cfg, "model.family") == ["transformer"] and axis(cfg, "model.tie_embeddings") == [True]:
+            raise ConfigError(f"model.zero_init = {zero} with model.tie_embeddings = true: the readout is the "
+                              f"token embedding; a zero head would zero the embeddings too (drop 'head')")
     if "transformer" not in axis(cfg, "model.family"):
         return
     if "mup" in axis(cfg, "model.parameterization"):
@@ -448,32 +506,25 @@ class Above:
 # A condition: key -> the values it must take (a tuple, or Above); all of them must hold.
 Condition = dict[str, "tuple | Above"]
 _REGRESSION: Condition = {"task.name": ("regression-1d",)}
-_MARKOV: Condition = {"task.name": ("markov",)}
 _MLP: Condition = {"model.family": ("mlp",)}
 _RESIDUAL_MLP: Condition = {"model.family": ("mlp",), "model.residual": (True,)}
 _TRANSFORMER: Condition = {"model.family": ("transformer",)}
 _MUP: Condition = {**_TRANSFORMER, "model.parameterization": ("mup",)}
-_FRESH: Condition = {"task.train_data": ("fresh",)}   # markov data is always fresh
 _STEPPED: Condition = {"train.optimizer": ("adam", "adamw", "sgd")}   # not lbfgs (line search)
 _ADAM: Condition = {"train.optimizer": ("adam", "adamw")}
 _LBFGS: Condition = {"train.optimizer": ("lbfgs",)}
 
 # Where a key has an effect: in a config that meets ANY of its conditions. Keys not listed act in
-# every config. A key set to a non-default value, or swept, is refused when no structural group of
+# every config. A task adds entries for its own keys (its ``APPLIES``). A key set to a non-default value, or swept, is refused when no structural group of
 # the sweep meets any of its conditions (checked over every combination of the condition keys' values).
 APPLIES: dict[str, tuple[Condition, ...]] = {
-    **{f"task.{k}": (_REGRESSION,) for k in ("function", "power", "low", "high", "train_data")},
-    "task.grid_size": ({**_REGRESSION, "task.train_data": ("grid",)},),
-    "task.batch_size": (_FRESH,),
-    "task.data_seed": (_FRESH,),
-    **{f"task.{k}": (_MARKOV,) for k in ("vocab", "context", "chain_seed", "sparsity", "temperature")},
     "model.residual": (_MLP,),
     "model.init": (_MLP,),
     **{f"model.{k}": (_RESIDUAL_MLP, _TRANSFORMER) for k in ("mlp_ratio", "norm", "depth_scaling")},
     **{f"model.{k}": (_TRANSFORMER,) for k in ("head_size", "positions", "tie_embeddings", "parameterization")},
     "model.heads": ({**_TRANSFORMER, "model.head_size": (0,)},),
     "model.rope_base": ({**_TRANSFORMER, "model.positions": ("rotary",)},),
-    "model.zero_readout": ({**_TRANSFORMER, "model.tie_embeddings": (False,)},),
+
     "model.base_width": (_MUP,),
     "model.base_mlp_ratio": (_MUP,),
     "train.lr": (_STEPPED,),
@@ -498,15 +549,14 @@ _WHY = {
 }
 
 
-def default(key: str) -> Any:
-    """The schema's default value of ``key``."""
-    section, name = key.split(".")
-    return getattr(SECTIONS[section](), name)
+def default(key: str, task: str = DEFAULT_TASK) -> Any:
+    """The default value of ``key`` in configs training ``task``."""
+    return schema(task).default(key)
 
 
 def applies(key: str, cfg: Config) -> bool:
     """Whether ``key`` has an effect in at least one structural group of ``cfg``'s sweep (see :data:`APPLIES`)."""
-    conditions = APPLIES.get(key)
+    conditions = cfg.schema.applies.get(key)
     if conditions is None:
         return True
     keys = list(dict.fromkeys(k for c in conditions for k in c))
@@ -525,42 +575,18 @@ def _show(key: str, values: Any) -> str:
 
 def _check_applies(cfg: Config) -> None:
     """Refuse a key that is set (non-default or swept) where it would have no effect."""
-    for key, conditions in APPLIES.items():
-        if (key not in cfg.sweep and cfg.get(key) == default(key)) or applies(key, cfg):
+    sch = cfg.schema
+    for key, conditions in sch.applies.items():
+        if (key not in cfg.sweep and cfg.get(key) == sch.default(key)) or applies(key, cfg):
             continue
         keys = dict.fromkeys(k for c in conditions for k in c)
         blocking = [k for k in keys if any(v not in c[k] for c in conditions if k in c for v in axis(cfg, k))]
         where = ", ".join(_show(k, axis(cfg, k)) for k in blocking)
         only = "; or ".join(" and ".join(_show(k, allowed) for k, allowed in c.items()) for c in conditions)
         value = f"sweep.{key} = {cfg.sweep[key]}" if key in cfg.sweep else f"{key} = {cfg.get(key)!r}"
-        why = f": {_WHY[key]}" if key in _WHY else ""
+        why = f": {sch.why[key]}" if key in sch.why else ""
         raise ConfigError(f"{value}: has no effect with {where} (only with {only}){why}; remove it "
-                          f"(default {default(key)!r})")
-
-
-def grids_share_point(grid_size: int, test_size: int) -> bool:
-    """Whether the training grid ``linspace(low, high, grid_size)`` contains a point of the test grid
-    (the midpoints of ``test_size`` equal cells of [low, high]).
-
-    With a = grid_size - 1 and T = test_size, k/a = (2i + 1)/(2T) has a solution iff 2T / gcd(a, 2T)
-    is odd (equivalently: 2 x the largest power of 2 dividing T divides a).
-    """
-    t = 2 * test_size
-    return (t // math.gcd(grid_size - 1, t)) % 2 == 1
-
-
-def _check_test_grid(cfg: Config) -> None:
-    """Refuse a full-batch grid that shares a point with the test grid (the test loss would hold training loss)."""
-    if "grid" not in axis(cfg, "task.train_data") or "regression-1d" not in axis(cfg, "task.name"):
-        return
-    for g in axis(cfg, "task.grid_size"):
-        for t in axis(cfg, "task.test_size"):
-            if grids_share_point(g, t):
-                step = (g - 1) & -(g - 1)     # any multiple of the largest power of 2 dividing grid_size - 1 works
-                fix = max(step, round(t / step) * step)
-                raise ConfigError(f"task.test_size = {t} with task.grid_size = {g}: a test point lies on the "
-                                  f"training grid, so the test loss would partly be training loss; use "
-                                  f"task.test_size = {fix} (grid_size - 1 = {g - 1} always works)")
+                          f"(default {sch.default(key)!r})")
 
 
 def read_toml(path: str | Path) -> dict:

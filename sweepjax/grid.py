@@ -1,7 +1,7 @@
 """Sweep axes -> members -> groups.
 
 Members are the cartesian product of the sweep axes, in the order the config lists them
-(the first axis varies slowest). Axes in :data:`config.PER_MEMBER_KEYS` only change numbers and
+(the first axis varies slowest). Axes in :func:`config.member_keys` only change numbers and
 stay inside one compiled program; every other swept key is structural and splits the members
 into groups, each compiled once and all run by the same command.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sweepjax.config import PER_MEMBER_KEYS, Config, dim_name
+from sweepjax.config import Config, dim_name, member_keys
 from sweepjax.models import count, member_sizes, padded_sizes
 
 
@@ -22,7 +22,7 @@ class Group:
     structural: dict            # structural key -> value for this group
     config: Config              # the config with this group's structural values (numeric keys at defaults)
     index: np.ndarray           # flat member indices into the full grid, shape (n,)
-    values: dict[str, np.ndarray]  # per-member key -> values, shape (n,), for every key in PER_MEMBER_KEYS
+    values: dict[str, np.ndarray]  # per-member key -> values, shape (n,), for every key of member_keys(config)
 
     @property
     def size(self) -> int:
@@ -119,7 +119,8 @@ def build_grid(cfg: Config) -> Grid:
     """Enumerate members and split them into structural groups."""
     keys = list(cfg.sweep)
     combos = list(itertools.product(*(cfg.sweep[k] for k in keys)))
-    structural_keys = [k for k in keys if k not in PER_MEMBER_KEYS]
+    numeric = member_keys(cfg)
+    structural_keys = [k for k in keys if k not in numeric]
     by_struct: dict[tuple, list[int]] = {}
     for i, combo in enumerate(combos):
         member = dict(zip(keys, combo))
@@ -129,7 +130,7 @@ def build_grid(cfg: Config) -> Grid:
         structural = dict(zip(structural_keys, struct_values))
         gcfg = cfg.with_values(structural)
         values = {}
-        for key in PER_MEMBER_KEYS:
+        for key in numeric:
             if key in keys:
                 pos = keys.index(key)
                 values[key] = np.array([combos[i][pos] for i in idx])

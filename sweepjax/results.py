@@ -18,6 +18,7 @@ from sweepjax.engine.train import GroupOutput
 from sweepjax.files import CONFIG_FILE, MANIFEST_FILE, RESULTS_FILE, atomic_write
 from sweepjax.grid import Grid
 from sweepjax.models import count, family, tokens_per_step
+from sweepjax.tasks import task_class
 
 FLOOR_DESCRIPTIONS = {
     "irreducible_loss": "the task's lowest expected test loss, nats per token (Markov: the entropy rate)",
@@ -91,9 +92,20 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
         data["converged_step"] = (dims, _scatter(grid, outputs, lambda o: o.converged_step, -1))
     data["final_test_loss"] = (dims, _scatter(grid, outputs, lambda o: o.final_test_loss, np.nan))  # own last step
     data.update({k: (dims, v) for k, v in counts(grid).items()})
+    curves = data["test_loss"][1]
+    best = np.where(np.isnan(curves), np.inf, curves)
+    at = np.argmin(best, axis=-1)
+    found = np.isfinite(np.min(best, axis=-1))
+    data["best_test_loss"] = (dims, np.where(found, np.min(best, axis=-1), np.nan))
+    data["best_step"] = (dims, np.where(found, steps[at], -1))
     if outputs[0].activations is not None:
         coords["probe"] = list(family(cfg).PROBES)
         data["activation_rms"] = (dims + ["eval_step", "probe"], _scatter(grid, outputs, lambda o: o.activations, np.nan))
+    task = task_class(cfg.task.name)
+    for name, record_dims in task.RECORDS.items():
+        values = _scatter(grid, outputs, lambda o: o.records[name], np.nan)
+        data[name] = (dims + ["eval_step"] + list(record_dims), values)
+        coords.update({d: np.arange(n) for d, n in zip(record_dims, values.shape[len(dims) + 1:])})
     for name, v in (floors or {}).items():
         data[name] = ((), float(v.flat[0])) if np.all(v == v.flat[0]) else (dims, v)
     if cfg.eval.save_predictions:
@@ -107,6 +119,11 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     ds = xr.Dataset(data, coords=coords)
     ds.attrs["sweepjax_config"] = to_toml(cfg)
     ds["final_test_loss"].attrs["description"] = "test loss at each member's own last step (NaN if diverged)"
+    ds["best_test_loss"].attrs["description"] = ("lowest test loss over the member's evaluations (early "
+                                                 "stopping); NaN if none is finite")
+    ds["best_step"].attrs["description"] = "eval_step of best_test_loss (-1 if none)"
+    for name in ("train_loss", "test_loss", "final_test_loss", "best_test_loss"):
+        ds[name].attrs["units"] = task.LOSS_UNIT
     if "converged_step" in ds:
         ds["converged_step"].attrs["description"] = ("L-BFGS: step at which the member was frozen because even a "
                                                      "restarted line search found no decrease (-1: never)")

@@ -288,10 +288,11 @@ def run_sweep(cfg: Config, log: TextIO | None = sys.stderr, *, grid: Grid | None
 
 
 def task_floors(grid: Grid) -> dict[str, np.ndarray]:
-    """Loss floors of tasks that have them, in nats per token, each an array of shape ``grid.shape``:
-    ``irreducible_loss`` (the entropy rate) and ``test_bayes_loss`` (the true chain's loss on the very
-    test sequences the engine evaluates on). Computed per group's task config (a swept task key such as
-    the temperature changes the chain); empty for tasks without them."""
+    """Loss floors of tasks that know them (:meth:`sweepjax.tasks.base.Task.floors`), in the task's loss
+    unit, each an array of shape ``grid.shape``: ``irreducible_loss`` (Markov: the entropy rate) and
+    ``test_bayes_loss`` (the true chain's loss on the very test sequences the engine evaluates on).
+    Computed per group's task config (a swept task key such as the temperature changes the chain);
+    empty for tasks without them."""
     import numpy as np
 
     from sweepjax.engine.train import precision
@@ -301,12 +302,8 @@ def task_floors(grid: Grid) -> dict[str, np.ndarray]:
     for g in grid.groups:
         key = repr(g.config.task)
         if key not in per_task:
-            task = make_task(g.config.task)
-            per_task[key] = {}
-            if hasattr(task, "test_bayes_loss"):
-                with precision(g.config):   # the test set exactly as the group's engine drew it
-                    per_task[key] = {"irreducible_loss": task.entropy_rate(),
-                                     "test_bayes_loss": task.test_bayes_loss()}
+            with precision(g.config):   # the test set exactly as the group's engine drew it
+                per_task[key] = make_task(g.config.task).floors()
         for name, value in per_task[key].items():
             floors.setdefault(name, np.full(grid.n_members, np.nan))[g.index] = value
     return {name: v.reshape(grid.shape) for name, v in floors.items()}

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sweepjax.config import ConfigError, build_config, grids_share_point, load_config, parse_override, to_toml
+from sweepjax.config import ConfigError, build_config, load_config, parse_override, to_toml
+from sweepjax.tasks.regression import grids_share_point
 
 BAD = {
     "unknown key": ("[model]\nwidht = 4\n", "did you mean 'model.width'"),
@@ -163,8 +164,6 @@ DEAD = [
     ({**GRID, "train": {"optimizer": "lbfgs", "lr": 0.1}}, "train.lr"),
     ({**GRID, "train": {"optimizer": "lbfgs", "schedule": "cosine"}}, "train.schedule"),
     ({"model": {"family": "transformer", "head_size": 8, "heads": 2}, "task": {"name": "markov"}}, "model.heads"),
-    ({"model": {"family": "transformer", "tie_embeddings": True, "zero_readout": True}, "task": {"name": "markov"}},
-     "model.zero_readout"),
     ({"train": {"weight_decay": 0.1}}, "train.weight_decay"),
     ({"train": {"optimizer": "sgd", "adam_b2": 0.99}}, "train.adam_b2"),
     ({"train": {"optimizer": "adamw", "decay_all": True}}, "train.decay_all"),
@@ -179,9 +178,7 @@ DEAD = [
     ({**MARKOV, "model": {"family": "transformer", "residual": True}}, "model.residual"),
     ({**MARKOV, "model": {"family": "transformer", "init": "normal"}}, "model.init"),
     ({"model": {"family": "transformer", "base_width": 16}, "task": {"name": "markov"}}, "model.base_width"),
-    ({"task": {"name": "markov", "power": 3.0}, "model": {"family": "transformer"}}, "task.power"),
-    ({"task": {"vocab": 8}}, "task.vocab"),
-    ({"task": {"temperature": 0.5}}, "task.temperature"),
+    ({"task": {"train_data": "grid", "test_size": 1000, "dataset_size": 10}}, "task.dataset_size"),
     ({"task": {"train_data": "grid", "test_size": 1000, "data_seed": 3}}, "task.data_seed"),
 ]
 
@@ -190,6 +187,40 @@ DEAD = [
 def test_key_that_does_nothing_is_refused(raw, key):
     with pytest.raises(ConfigError, match=rf"^{key} = .*: has no effect with .* \(only with .*; remove it \(default .*\)$"):
         build_config(raw)
+
+
+# A key of another task: refused as unknown for this task, with the nearest key of this one.
+FOREIGN = [
+    ({"task": {"name": "markov", "power": 3.0}, "model": {"family": "transformer"}}, "task.power", "markov"),
+    ({"task": {"vocab": 8}}, "task.vocab", "regression-1d"),
+    ({"task": {"temperature": 0.5}}, "task.temperature", "regression-1d"),
+    ({"task": {"contxt": 8, "name": "markov"}, "model": {"family": "transformer"}}, "task.contxt", "markov"),
+    ({"task": {"name": "markov"}, "model": {"family": "transformer"}, "sweep": {"task.grid_size": [3, 5]}},
+     "sweep.task.grid_size", "markov"),
+]
+
+
+@pytest.mark.parametrize("raw, key, task", FOREIGN, ids=[key for _, key, _ in FOREIGN])
+def test_key_of_another_task_is_refused(raw, key, task):
+    with pytest.raises(ConfigError, match=rf"^unknown key '{key}' for task '{task}'; did you mean '[a-z._]+'\?$"):
+        build_config(raw)
+
+
+def test_task_name_is_not_swept_and_must_exist():
+    with pytest.raises(ConfigError, match="^sweep.task.name: a sweep trains one task"):
+        build_config({"sweep": {"task.name": ["regression-1d", "markov"]}})
+    with pytest.raises(ConfigError, match="^task.name = 'markv': allowed: regression-1d, markov"):
+        build_config({"task": {"name": "markv"}})
+
+
+def test_zero_init_is_refused_where_it_would_do_nothing():
+    with pytest.raises(ConfigError, match=r"^model.zero_init = \['head'\] with model.tie_embeddings = true"):
+        build_config({**MARKOV, "model": {"family": "transformer", "tie_embeddings": True, "zero_init": ["head"]}})
+    with pytest.raises(ConfigError, match=r"^model.zero_init = \['proj'\]: 'proj' zero-initialises"):
+        build_config({"model": {"zero_init": ["proj"]}})
+    with pytest.raises(ConfigError, match=r"^model.zero_init = \['head', 'hed'\]: allowed"):
+        build_config({"model": {"zero_init": ["head", "hed"]}})
+    assert build_config({"model": {"zero_init": ["proj", "head"], "residual": True}}).model.zero_init == ["head", "proj"]
 
 
 def test_key_acting_in_one_group_of_the_sweep_is_accepted():

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from sweepjax.config import APPLIES, Config, ConfigError, all_keys, applies, build_config, default, dim_name
+from sweepjax.config import TASKS, Config, ConfigError, all_keys, applies, build_config, default, dim_name, schema
 from sweepjax.run import run_sweep
 
 # Tiny sizes, each used where it has an effect (so a base never sets a key that would be refused).
@@ -74,7 +74,7 @@ CHECKED: dict[str, tuple] = {
     "model.tie_embeddings": (TRANSFORMER, True),
     "model.parameterization": (TRANSFORMER, "mup"),
     "model.base_width": (MUP, 8),
-    "model.zero_readout": (TRANSFORMER, True),
+    "model.zero_init": (MLP, ("head",)),
     "model.base_mlp_ratio": (MUP, 2),
     "train.optimizer": (MLP, "sgd"),
     "train.schedule": (MLP, "warmup_cosine"),  # with warmup_fraction 0: cosine
@@ -95,11 +95,12 @@ CHECKED: dict[str, tuple] = {
     "train.divergence_factor": (MLP, 1.5),     # fresh batches of 8: the train loss soon exceeds 1.5 x the first
     "train.decay_all": ({**ADAMW, "train.weight_decay": 0.5}, True),
     "eval.points": (MLP, 3),
+    "eval.every": (MLP, 1),
 }
 # Per-member keys, checked inside one program per base: (base, {key: [first value, other value]}).
 MEMBER_SWEEPS = [
     (MLP, {"train.seed": [0, 1], "task.data_seed": [-1, 7], "train.lr": [1e-2, 3e-2], "model.width": [4, 3, 2],
-           "model.depth": [1, 2]}),
+           "model.depth": [1, 2], "task.dataset_size": [0, 3]}),
     (TRANSFORMER, {"model.heads": [1, 2], "model.mlp_ratio": [1, 2]}),
 ]
 # Keys that add result variables (checked together in one run): key -> a variable it adds.
@@ -143,19 +144,26 @@ def compile_cache(tmp_path_factory):
     compilation_cache.reset_cache()
 
 
+def task_of(base: dict) -> str:
+    return base.get("task.name", "regression-1d")
+
+
 def settings(base: dict, change: dict | None = None) -> dict[str, Any]:
     """The TINY values that act in this config and are not swept, then ``base``, then ``change`` (dotted key -> value)."""
     over = {**base, **(change or {})}
-    probe = Config().with_values({k: v for k, v in {**TINY, **over}.items() if not k.startswith("sweep.")})
+    keys = set(schema(task_of(over)).keys())
+    tiny = {k: v for k, v in TINY.items() if k in keys}
+    probe = Config(task=schema(task_of(over)).sections["task"]()).with_values(
+        {k: v for k, v in {**tiny, **over}.items() if not k.startswith("sweep.")})
     probe.sweep = {k[len("sweep."):]: list(v) for k, v in over.items() if k.startswith("sweep.")}
-    return {**{k: v for k, v in TINY.items() if k not in over and f"sweep.{k}" not in over and applies(k, probe)},
+    return {**{k: v for k, v in tiny.items() if k not in over and f"sweep.{k}" not in over and applies(k, probe)},
             **over}   # a TINY value beside an axis of the same key would be refused (the sweep sets it)
 
 
 def config(base: dict, change: dict | None = None):
     """The validated config of ``settings(base, change)``."""
     values = settings(base, change)
-    return build_config({}, [(k, list(v) if k.startswith("sweep.") else v) for k, v in values.items()])
+    return build_config({}, [(k, list(v) if isinstance(v, tuple) else v) for k, v in values.items()])
 
 
 @lru_cache(maxsize=None)
@@ -186,13 +194,21 @@ def checked_value(key: str) -> Any:
     return MEMBER_KEYS[key][1] if key in MEMBER_KEYS else True
 
 
+def checked_task(key: str) -> str:
+    """The task of the base config a key is checked in."""
+    if key in CHECKED:
+        return task_of(CHECKED[key][0])
+    return task_of(next((b for b, a in MEMBER_SWEEPS if key in a), MLP))
+
+
 def test_every_key_is_placed():
     """Each key of the schema is in exactly one table: checked by a run, or exempt with its covering test."""
     tables = [set(CHECKED), set(MEMBER_KEYS), set(ADDS_VARIABLE), set(EXEMPT)]
     assert sum(map(len, tables)) == len(set().union(*tables)), "a key is in two tables"
     assert set().union(*tables) == set(all_keys())
     for key in CHECKED.keys() | MEMBER_KEYS.keys():
-        assert checked_value(key) != default(key), key
+        value = checked_value(key)
+        assert (list(value) if isinstance(value, tuple) else value) != default(key, checked_task(key)), key
     for key, (_, test) in EXEMPT.items():
         module, name = test.split("::")
         assert f"def {name}(" in (Path(__file__).parent / module).read_text(), (key, test)
@@ -225,15 +241,18 @@ def test_eval_keys_add_their_variables():
 ELSEWHERE = [MLP, TRANSFORMER, LBFGS]
 
 
-@pytest.mark.parametrize("key", sorted(APPLIES))
+CONDITIONAL = sorted({k for t in TASKS for k in schema(t).applies})
+
+
+@pytest.mark.parametrize("key", CONDITIONAL)
 def test_key_without_effect_is_refused(key):
     """Set where it does nothing, the key is refused with one line naming it, its value and the fix."""
-    base = next(b for b in ELSEWHERE if not applies(key, config(b)))
+    base = next(b for b in ELSEWHERE if key in schema(task_of(b)).keys() and not applies(key, config(b)))
     value = checked_value(key)
     with pytest.raises(ConfigError) as err:
         config(base, {key: value})
     message = str(err.value)
-    assert message.startswith(f"{key} = {value!r}: has no effect with ") and re.search(r"; remove it \(default .+\)$", message)
+    assert message.startswith(f"{key} = {list(value) if isinstance(value, tuple) else value!r}: has no effect with ") and re.search(r"; remove it \(default .+\)$", message)
     assert "\n" not in message
 
 

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sweepjax.config import TaskConfig
-from sweepjax.tasks.markov import Markov, _cdf_rows, _search
+from sweepjax.tasks.markov import Keys, Markov, _cdf_rows, _search
 
 
 def task(**kw) -> Markov:
     base = {"name": "markov", "vocab": 8, "context": 64, "batch_size": 32, "test_size": 64}
-    return Markov(TaskConfig(**{**base, **kw}))
+    return Markov(Keys(**{**base, **kw}))
 
 
 def reachable(p: np.ndarray, start: int) -> set:
@@ -129,26 +128,31 @@ def test_entropy_rate_limits():
     assert task(sparsity=0.9).entropy_rate() == 0.0        # k = 1
 
 
+def loss_of(m, logits, y):
+    """The mean loss over sequences, as the engine takes it."""
+    return jnp.mean(m.losses(logits, y, {}))
+
+
 def test_loss_on_true_conditional_is_entropy_rate():
     m = task(sparsity=0.5, temperature=0.7, test_size=2000)
     x, y = m.test_set(jnp.float32)
     logp = jnp.log(jnp.asarray(m.transition_matrix(), jnp.float32))     # -inf where P = 0
     logits = logp[x]                                                    # (B, T, V): the true conditional
-    loss = float(m.loss(logits, y))
+    loss = float(loss_of(m, logits, y))
     assert np.isfinite(loss)
-    per_seq = np.asarray(jax.vmap(lambda a, b: m.loss(a[None], b[None]))(logits, y))   # independent sequences
+    per_seq = np.asarray(jax.vmap(lambda a, b: loss_of(m, a[None], b[None]))(logits, y))   # independent sequences
     se = per_seq.std(ddof=1) / np.sqrt(len(per_seq))
     np.testing.assert_allclose(per_seq.mean(), loss, rtol=1e-5)
     assert abs(loss - m.entropy_rate()) < 4 * se
     # Uniform logits give log V exactly, whatever the targets.
-    np.testing.assert_allclose(float(m.loss(jnp.zeros(x.shape + (8,)), y)), np.log(8), rtol=1e-6)
+    np.testing.assert_allclose(float(loss_of(m, jnp.zeros(x.shape + (8,)), y)), np.log(8), rtol=1e-6)
 
 
 def test_loss_bf16_in_float32():
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(4, 16, 32)) * 3, jnp.bfloat16)
     y = jnp.asarray(rng.integers(0, 32, size=(4, 16)), jnp.int32)
-    out = Markov.loss(logits, y)
+    out = loss_of(task(), logits, y)
     assert out.dtype == jnp.float32
     f = np.asarray(logits.astype(jnp.float32), np.float64)
     ref = np.mean(np.log(np.exp(f).sum(-1)) - np.take_along_axis(f, np.asarray(y)[..., None], -1)[..., 0])
@@ -158,15 +162,15 @@ def test_loss_bf16_in_float32():
 def test_train_batch_and_test_set():
     m = task(batch_size=16, context=10)
     key = jax.random.key(4)
-    x, y = m.train_batch(key, jnp.asarray(7), jnp.float32)
+    x, y = m.train_batch(key, jnp.asarray(7), {}, jnp.float32)
     assert x.shape == y.shape == (16, 10) and x.dtype == y.dtype == jnp.int32
     np.testing.assert_array_equal(x[:, 1:], y[:, :-1])                 # y is x shifted by one token
-    x2, y2 = m.train_batch(key, jnp.asarray(7), jnp.bfloat16)
+    x2, y2 = m.train_batch(key, jnp.asarray(7), {}, jnp.bfloat16)
     np.testing.assert_array_equal(x, x2)
     np.testing.assert_array_equal(y, y2)
-    x3, _ = m.train_batch(key, jnp.asarray(8), jnp.float32)
+    x3, _ = m.train_batch(key, jnp.asarray(8), {}, jnp.float32)
     assert not np.array_equal(x, x3)
-    x4, _ = m.train_batch(jax.random.key(5), jnp.asarray(7), jnp.float32)
+    x4, _ = m.train_batch(jax.random.key(5), jnp.asarray(7), {}, jnp.float32)
     assert not np.array_equal(x, x4)
     tx, ty = m.test_set(jnp.float32)
     assert tx.shape == ty.shape == (64, 10) and tx.dtype == ty.dtype == jnp.int32
@@ -179,7 +183,7 @@ def test_train_batch_and_test_set():
     tx3, _ = jax.jit(lambda: fresh.test_set(jnp.float32))()
     np.testing.assert_array_equal(tx, tx3)
     # Different from the training stream, also the one seeded like the chain.
-    xs, _ = m.train_batch(jax.random.key(0), jnp.asarray(0), jnp.float32)
+    xs, _ = m.train_batch(jax.random.key(0), jnp.asarray(0), {}, jnp.float32)
     assert not np.array_equal(tx[:16], xs)
     assert not np.array_equal(tx[:16], x)
     assert m.init_input(jnp.float32).shape == (1, 10) and m.init_input(jnp.float32).dtype == jnp.int32
@@ -189,10 +193,10 @@ def test_jit_vmap_over_members():
     m = task(batch_size=8, context=12)
     seeds = jnp.arange(3)
     step = jnp.asarray(5)
-    batched = jax.jit(jax.vmap(lambda s: m.train_batch(jax.random.key(s), step, jnp.float32)))(seeds)
+    batched = jax.jit(jax.vmap(lambda s: m.train_batch(jax.random.key(s), step, {}, jnp.float32)))(seeds)
     assert batched[0].shape == (3, 8, 12) and batched[0].dtype == jnp.int32
     for i in range(3):
-        x, y = m.train_batch(jax.random.key(i), step, jnp.float32)
+        x, y = m.train_batch(jax.random.key(i), step, {}, jnp.float32)
         np.testing.assert_array_equal(batched[0][i], x)
         np.testing.assert_array_equal(batched[1][i], y)
     assert not np.array_equal(batched[0][0], batched[0][1])
@@ -214,7 +218,7 @@ def test_test_bayes_loss_is_the_true_chains_loss_on_the_test_set():
     assert bayes == pytest.approx(total / tx.size, rel=1e-12)
     # The positions are weighted as the engine's loss weights them: the loss of the true conditional.
     logits = jnp.log(jnp.asarray(p, jnp.float32))[tx]
-    np.testing.assert_allclose(float(m.loss(logits, ty)), bayes, rtol=1e-5)
+    np.testing.assert_allclose(float(loss_of(m, logits, ty)), bayes, rtol=1e-5)
 
 
 def test_test_bayes_loss_differs_from_entropy_rate_by_the_sampling_offset():

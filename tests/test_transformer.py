@@ -234,8 +234,8 @@ def test_bf16_matmuls_train_like_float32():
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"model": {"family": "transformer"}}, "trains on task 'markov'"),
-    ({"task": {"name": "markov"}}, "trains on task 'regression-1d'"),
+    ({"model": {"family": "transformer"}}, "with task.name = 'regression-1d': this task trains the mlp family"),
+    ({"task": {"name": "markov"}}, "with task.name = 'markov': this task trains the transformer family"),
     ({"model": {"family": "transformer", "width": 30}, "task": {"name": "markov"}}, "multiple of heads"),
     ({"model": {"family": "transformer", "head_size": 5}, "task": {"name": "markov"}}, "multiple of the head size"),
     ({"model": {"family": "transformer", "heads": 2, "positions": "rotary"}, "task": {"name": "markov"},

@@ -11,7 +11,8 @@ import os
 import jax
 
 from sweepjax.config import Config, ConfigError
-from sweepjax.models import count, family
+from sweepjax.models import activation_floats, count
+from sweepjax.tasks import task_class
 
 # Parameter-sized buffers besides the parameters themselves: gradient, update, new parameters.
 _WORK_COPIES = 3
@@ -26,8 +27,8 @@ def member_bytes(cfg: Config, padded: dict[str, int]) -> int:
     item = 8 if cfg.train.precision == "float64" else 4
     params = count(cfg, padded)["n_params"]
     opt = 2 * cfg.train.lbfgs_memory + 4 if cfg.train.optimizer == "lbfgs" else _OPT_COPIES[cfg.train.optimizer]
-    batch = cfg.task.grid_size if cfg.task.train_data == "grid" else cfg.task.batch_size
-    acts = (batch + cfg.task.test_size / _ACT_BUFFERS) * family(cfg).activation_floats(cfg, padded)  # test: forward only
+    batch = task_class(cfg.task.name).batch_rows(cfg.task)
+    acts = (batch + cfg.task.test_size / _ACT_BUFFERS) * activation_floats(cfg, padded)  # test: forward only
     return int(item * (params * (1 + _WORK_COPIES + opt) + acts))
 
 

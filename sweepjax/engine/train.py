@@ -33,22 +33,25 @@ from sweepjax.engine.memory import plan_member_chunk
 from sweepjax.engine.optim import make_optimizer, member_lr, needs_value_fn
 from sweepjax.grid import Group
 from sweepjax.models import dtypes, family, make_model, member_sizes, padded_sizes
-from sweepjax.tasks import make_task
+from sweepjax.tasks import dataset, make_task
+from sweepjax.tasks.base import weighted_mean
 
 
-def eval_steps(steps, points: int) -> np.ndarray:
+def eval_steps(steps, points: int, every: int = 0) -> np.ndarray:
     """Steps at which the test loss is measured (the results' ``eval_step``), for runs of ``steps`` steps
     (one number, or every value of a swept ``train.steps``): 0, ``points`` log-spaced steps up to the
-    longest run, and each run's final step. A member is evaluated at those up to its own final step."""
+    longest run, every multiple of ``every`` (when > 0), and each run's final step. A member is
+    evaluated at those up to its own final step."""
     runs = np.atleast_1d(np.asarray(steps, dtype=np.int64))
     longest = int(runs.max())
     logs = np.round(np.logspace(0, np.log10(longest), points)).astype(int) if longest >= 1 else []
-    return np.unique(np.concatenate([[0], logs, runs])).astype(int)
+    regular = np.arange(0, longest + 1, every) if every else []
+    return np.unique(np.concatenate([[0], logs, regular, runs])).astype(int)
 
 
 def sweep_eval_steps(cfg: Config) -> np.ndarray:
     """:func:`eval_steps` of a sweep: shared by all its groups, so every member fits one ``eval_step`` axis."""
-    return eval_steps(axis(cfg, "train.steps"), cfg.eval.points)
+    return eval_steps(axis(cfg, "train.steps"), cfg.eval.points, cfg.eval.every)
 
 
 def precision(cfg: Config):
@@ -71,6 +74,7 @@ class GroupOutput:
     converged_step: np.ndarray   # (n,) int: L-BFGS step at which the member was frozen as converged, -1 if never
     predictions: np.ndarray | None  # (n, test_size) or None
     activations: np.ndarray | None  # (n, n_eval, n_probes) activation RMS at each evaluation, or None
+    records: dict[str, np.ndarray]  # the task's RECORDS: name -> (n, n_eval, *its shape)
     params: dict | None          # leaf name -> (n, *padded shape) or None; "init." names: at init
     compile_s: float
     run_s: float
@@ -78,12 +82,19 @@ class GroupOutput:
 
 
 class GroupProgram:
-    """The compiled training program of one group (fixed padded sizes and member-chunk size)."""
+    """The compiled training program of one group (fixed padded sizes and member-chunk size).
 
-    def __init__(self, cfg: Config, padded: dict[str, int]):
+    ``data`` = (fresh, fixed): whether some member draws fresh batches (``task.dataset_size`` = 0) and
+    whether some member trains on a fixed set (> 0); a group with both computes both and each member
+    keeps its own.
+    """
+
+    def __init__(self, cfg: Config, padded: dict[str, int], data: tuple[bool, bool] = (True, False)):
         self.cfg = cfg
         self.dtype = dtypes(cfg)[0]
         self.task = make_task(cfg.task)
+        self.fresh, self.fixed = data
+        self.record_shapes = self.task.record_shapes()
         self.family = family(cfg)
         self.model = make_model(cfg, padded)
         self.probes = self.family.PROBES if cfg.eval.activations else ()
@@ -107,8 +118,11 @@ class GroupProgram:
         params = self.model.init({"params": jax.random.key(m["seed"])}, x0, m["sizes"])["params"]
         n_eval = len(self.steps)
         probes = {"activations": jnp.full((n_eval, len(self.probes)), jnp.nan, self.dtype)} if self.probes else {}
+        records = {"records": {k: jnp.full((n_eval, *shape), jnp.nan, self.dtype)
+                               for k, shape in self.record_shapes.items()}} if self.record_shapes else {}
         return {
             **probes,
+            **records,
             "params": params,
             "opt": self._optimizer(m).init(params),
             "init_loss": jnp.full((), jnp.nan, self.dtype),
@@ -131,7 +145,24 @@ class GroupProgram:
     def _test_loss(self, params, m):
         """Mean test loss over the whole test set, evaluated chunk by chunk."""
         xs, ys = self._test_chunks()
-        return jnp.mean(jax.lax.map(lambda xy: self.task.loss(self._apply(params, xy[0], m), xy[1]), (xs, ys)))
+        loss = lambda xy: jnp.mean(self.task.losses(self._apply(params, xy[0], m), xy[1], m["task"]))
+        return jnp.mean(jax.lax.map(loss, (xs, ys)))
+
+    def _train_batch(self, t: jax.Array, m: dict):
+        """(x, y, weights) of step ``t``: fresh examples, or a minibatch of the member's fixed training set
+        (:mod:`sweepjax.tasks.dataset`); weights are None when every row counts."""
+        key = jax.random.key(m["data_seed"])
+        if self.fresh:
+            x, y = self.task.train_batch(key, t, m["task"], self.dtype)
+            if not self.fixed:
+                return x, y, None
+        index, valid = dataset.minibatch(key, t, self.cfg.task.batch_size, m["dataset_size"])
+        xd, yd = self.task.examples(dataset.sample_keys(key, index), m["task"], self.dtype)
+        if not self.fresh:
+            return xd, yd, valid
+        fixed = m["dataset_size"] > 0
+        pick = lambda a, b: jnp.where(fixed, a, b)
+        return pick(xd, x), pick(yd, y), pick(valid, jnp.ones_like(valid))
 
     def _probe(self, params, m):
         """Activation RMS values (``PROBES`` order) on the first test chunk."""
@@ -145,10 +176,10 @@ class GroupProgram:
     def _step_member(self, state: dict, t: jax.Array, slot: jax.Array, m: dict) -> dict:
         tc = self.cfg.train
         tx = self._optimizer(m)
-        x, y = self.task.train_batch(jax.random.key(m["data_seed"]), t, self.dtype)
+        x, y, weights = self._train_batch(t, m)
 
         def loss_of(p):
-            return self.task.loss(self._apply(p, x, m), y)
+            return weighted_mean(self.task.losses(self._apply(p, x, m), y, m["task"]), weights)
 
         params, opt = state["params"], state["opt"]
         # Steps 0..steps-1 update; step ``steps`` only evaluates the final parameters; after it the member is
@@ -191,6 +222,9 @@ class GroupProgram:
                    "test_loss": put(s["test_loss"], self._test_loss(params, m))}
             if self.probes:
                 out["activations"] = put(s["activations"], self._probe(params, m))
+            if self.record_shapes:
+                values = self.task.records(lambda x: self._apply(params, x, m), m["task"])
+                out["records"] = {k: put(s["records"][k], values[k].astype(self.dtype)) for k in self.record_shapes}
             return out
 
         state = jax.lax.cond(slot >= 0, record, lambda s: s, state)
@@ -222,11 +256,15 @@ class GroupProgram:
     def members(self, group: Group, idx: np.ndarray) -> dict:
         """Device arrays of the per-member numbers for members ``idx`` of ``group``."""
         v = {k: a[idx] for k, a in group.values.items()}
+        sch = self.cfg.schema
+        traced = lambda k: np.asarray(v[k], np.int32 if sch.field_type(k) in ("int", int) else self.dtype)
         return jax.device_put({
             "seed": np.asarray(v["train.seed"], np.uint32),
             "data_seed": np.asarray(v["task.data_seed"], np.uint32),
             "lr": member_lr(self.cfg.train, v["train.lr"], v["model.depth"]).astype(self.dtype),
             "steps": np.asarray(v["train.steps"], np.int32),
+            "dataset_size": np.asarray(v["task.dataset_size"], np.int32),
+            "task": {k.split(".", 1)[1]: traced(k) for k in self.task.MEMBER_KEYS},
             "sizes": {k: np.asarray(a, np.int32) for k, a in member_sizes(self.cfg, v).items()},
         }, self.sharded)
 
@@ -292,10 +330,12 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
     padded = padded_sizes(group.sizes())
     n = group.size
     with precision(cfg):
-        key = (to_toml(cfg), tuple(sorted(padded.items())))
+        sizes = group.values["task.dataset_size"]
+        data = (bool((sizes == 0).any()), bool((sizes > 0).any()))
+        key = (to_toml(cfg), tuple(sorted(padded.items())), data)
         program = programs.get(key) if programs is not None else None
         if program is None:
-            program = GroupProgram(cfg, padded)
+            program = GroupProgram(cfg, padded, data)
             if programs is not None:
                 programs[key] = program
         nd = program.n_devices
@@ -341,6 +381,7 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
             host.update({k: to_host(state[k])[: len(idx)]
                          for k in ("train_loss", "test_loss", "diverged", "diverged_step", "converged_step", "activations")
                          if k in state})
+            host.update({f"records/{k}": to_host(v)[: len(idx)] for k, v in state.get("records", {}).items()})
             # A diverged member's frozen parameters are its last finite ones, not a result: NaN them.
             failed = lambda a: np.where(host["diverged"].reshape((-1,) + (1,) * (a.ndim - 1)), np.nan, a)
             if cfg.eval.save_predictions:
@@ -352,8 +393,9 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
             parts.append(host)
     cat = lambda k: np.concatenate([p[k] for p in parts]) if k in parts[0] else None
     params = {k[len("params/"):]: cat(k) for k in parts[0] if k.startswith("params/")} or None
+    records = {k[len("records/"):]: cat(k) for k in parts[0] if k.startswith("records/")}
     test_loss = cat("test_loss")
     last = np.searchsorted(program.steps, group.values["train.steps"])   # each member's own last step
     return GroupOutput(cat("train_loss"), test_loss, cat("diverged"), cat("diverged_step"),
-                       cat("converged_step"), cat("predictions"), cat("activations"), params, compile_s, run_s,
+                       cat("converged_step"), cat("predictions"), cat("activations"), records, params, compile_s, run_s,
                        test_loss[np.arange(n), last])

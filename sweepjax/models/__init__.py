@@ -1,8 +1,20 @@
 """Padded, masked model families and what the rest of sweepjax needs to know about them.
 
-Each family module provides the flax module, ``SIZE_KEYS`` (the per-member sizes it is padded
-over), ``PROBES`` (activation sizes it can report), ``member_sizes``, ``lr_multipliers``,
-``count`` and ``activation_floats``. This module dispatches on ``model.family``.
+A family is one module and one line in :data:`FAMILIES`. It provides (the family protocol):
+
+* ``SIZE_KEYS``: the per-member sizes it is padded over, and ``member_sizes(model_cfg, values)``:
+  each member's true sizes from its per-member config values (the padded size is their maximum);
+* ``make(model_cfg, padded, io, dtype, compute_dtype)``: the flax module of a group, padded to
+  ``padded``; ``io`` holds the sizes the task sets (:meth:`sweepjax.tasks.base.Task.model_io`); its
+  ``__call__(x, sizes, probes=False)`` takes the member's true sizes as traced numbers and must be
+  padding-invariant (see :mod:`sweepjax.models.common`);
+* the parameterization: ``lr_multipliers(model_cfg, params, sizes)`` (per-tensor lr factors, or
+  None) and ``DECAYED`` (the parameters AdamW decays);
+* counts: ``count(model_cfg, io, sizes)`` (``n_params``, ``n_params_non_embedding``,
+  ``forward_flops_per_token``) and the memory estimate ``activation_floats(model_cfg, io, sizes)``;
+* ``PROBES``: the activation sizes it reports with ``eval.activations``.
+
+This module dispatches on ``model.family``.
 """
 from __future__ import annotations
 
@@ -13,6 +25,7 @@ import numpy as np
 
 from sweepjax.config import Config
 from sweepjax.models import mlp, transformer
+from sweepjax.tasks import task_class
 
 FAMILIES: dict[str, ModuleType] = {"mlp": mlp, "transformer": transformer}
 
@@ -38,21 +51,27 @@ def dtypes(cfg: Config) -> tuple:
             "bf16": (jnp.float32, jnp.bfloat16)}[cfg.train.precision]
 
 
+def task_io(cfg: Config) -> dict[str, int]:
+    """The model sizes ``cfg``'s task sets (input and output sizes, vocabulary, context)."""
+    return task_class(cfg.task.name).model_io(cfg.task)
+
+
 def make_model(cfg: Config, padded: dict[str, int]):
     """The flax module of the group, padded to ``padded`` sizes."""
-    dt, cd = dtypes(cfg)
-    if cfg.model.family == "transformer":
-        return transformer.Transformer(cfg.model, padded, cfg.task.vocab, cfg.task.context, dt, cd)
-    return mlp.MLP(cfg.model, padded, 1, 1, dt, cd)
+    return family(cfg).make(cfg.model, padded, task_io(cfg), *dtypes(cfg))
 
 
 def count(cfg: Config, sizes: dict[str, int]) -> dict[str, float]:
     """``n_params``, ``n_params_non_embedding`` and ``forward_flops_per_token`` of one member at ``sizes``."""
-    return family(cfg).count(cfg, {k: int(v) for k, v in sizes.items()})
+    return family(cfg).count(cfg.model, task_io(cfg), {k: int(v) for k, v in sizes.items()})
+
+
+def activation_floats(cfg: Config, sizes: dict[str, int]) -> int:
+    """Floats per example kept for the backward pass (the memory plan's estimate)."""
+    return family(cfg).activation_floats(cfg.model, task_io(cfg), sizes)
 
 
 def tokens_per_step(cfg: Config) -> int:
-    """Tokens (sequence positions, or samples for regression) in one training batch."""
-    if cfg.model.family == "transformer":
-        return cfg.task.batch_size * cfg.task.context
-    return cfg.task.grid_size if cfg.task.train_data == "grid" else cfg.task.batch_size
+    """Tokens (sequence positions, or samples) in one training batch."""
+    task = task_class(cfg.task.name)
+    return task.batch_rows(cfg.task) * task.tokens_per_example(cfg.task)

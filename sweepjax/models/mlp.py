@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sweepjax.config import Config, ModelConfig
+from sweepjax.config import ModelConfig
 from sweepjax.models.common import ACTIVATIONS, active_rms, elementwise_draw, init_root, matmul, named_param, normalize
 
 SIZE_KEYS = ("width", "depth", "mlp_hidden")
@@ -29,12 +29,13 @@ def member_sizes(cfg: ModelConfig, values: dict[str, np.ndarray]) -> dict[str, n
             "mlp_hidden": np.asarray(values["model.mlp_ratio"], np.int64) * width}
 
 
-def init_entries(kind: str, is_bias: bool, fan_in: jax.Array, mask: jax.Array, dtype) -> Callable:
-    """A flax init function: ``torch`` = U(+-1/sqrt(fan_in)); ``normal`` = N(0, 1/fan_in) weights, zero biases.
+def init_entries(kind: str, is_bias: bool, fan_in: jax.Array, mask: jax.Array, dtype, zero: bool = False) -> Callable:
+    """A flax init function: ``torch`` = U(+-1/sqrt(fan_in)); ``normal`` = N(0, 1/fan_in) weights, zero biases;
+    ``zero``: all zero (``model.zero_init``).
 
     ``fan_in`` is the member's TRUE fan-in; entries where ``mask`` is 0 are zero.
     """
-    bound = 1.0 / jnp.sqrt(jnp.asarray(fan_in, dtype))
+    bound = 0.0 if zero else 1.0 / jnp.sqrt(jnp.asarray(fan_in, dtype))
 
     def init(key, shape, _dtype=None):
         if kind == "torch":
@@ -51,10 +52,13 @@ def init_entries(kind: str, is_bias: bool, fan_in: jax.Array, mask: jax.Array, d
 class MLP(nn.Module):
     """Plain or residual MLP, padded to ``padded`` sizes; true sizes are call arguments.
 
-    Plain: ``depth`` hidden layers of ``width`` units (depth 1 with scalar in/out is the
-    lottery-ticket net h = act(w x + b), y = v.h + c). Residual: input projection to a stream of
-    ``width``, ``depth`` blocks h += s * W2 act(W1 norm(h) + b1) with ``mlp_hidden`` units, then
-    the output projection.
+    Inputs (B, in_dim) and outputs (B, out_dim) have the task's sizes (``out_dim`` classes for a
+    classification task, whose loss reads the outputs as logits). Plain: ``depth`` hidden layers of
+    ``width`` units (depth 1 with scalar in/out is the lottery-ticket net h = act(w x + b), y = v.h + c).
+    Residual: input projection to a stream of ``width``, ``depth`` pre-norm blocks
+    h += s * W2 act(W1 norm(h) + b1) with ``mlp_hidden`` units, the final norm, then the output
+    projection (the head). Norms here have no parameters. ``model.zero_init``: ``"proj"`` starts every
+    W2 at zero (each block starts as the identity), ``"head"`` the output projection and its bias.
     """
     cfg: ModelConfig
     padded: dict
@@ -75,8 +79,8 @@ class MLP(nn.Module):
         mm = lambda a, b: matmul("bi,io->bo", a, b, cd).astype(dt)
         root = init_root(self)
 
-        def param(name, shape, fan_in, mask, is_bias=False):
-            return named_param(self, root, name, init_entries(c.init, is_bias, fan_in, mask, dt), shape)
+        def param(name, shape, fan_in, mask, is_bias=False, zero=False):
+            return named_param(self, root, name, init_entries(c.init, is_bias, fan_in, mask, dt, zero), shape)
 
         w_in = param("w_in", (self.in_dim, W), self.in_dim, unit[None, :])
         b_in = param("b_in", (W,), self.in_dim, unit, is_bias=True)
@@ -87,7 +91,8 @@ class MLP(nn.Module):
             layer_on = (jnp.arange(D) < depth).astype(dt)
             w1 = param("w1", (D, W, H), width, layer_on[:, None, None] * unit[:, None] * hid[None, :])
             b1 = param("b1", (D, H), width, layer_on[:, None] * hid[None, :], is_bias=True)
-            w2 = param("w2", (D, H, W), sizes["mlp_hidden"], layer_on[:, None, None] * hid[:, None] * unit[None, :])
+            w2 = param("w2", (D, H, W), sizes["mlp_hidden"], layer_on[:, None, None] * hid[:, None] * unit[None, :],
+                       zero="proj" in c.zero_init)
             scale = jax.lax.rsqrt(jnp.asarray(depth, dt)) if c.depth_scaling == "inv_sqrt" else one
             norm = lambda v: normalize(v, unit, width, c.norm)
 
@@ -110,8 +115,9 @@ class MLP(nn.Module):
                     return jnp.where(on > 0, act(mm(h, w) + b) * unit, h), None
 
                 h, _ = jax.lax.scan(layer, h, (w_h, b_h, layer_on))
-        w_out = param("w_out", (W, self.out_dim), width, unit[:, None])
-        b_out = param("b_out", (self.out_dim,), width, jnp.ones((self.out_dim,), dt), is_bias=True)
+        zero_head = "head" in c.zero_init
+        w_out = param("w_out", (W, self.out_dim), width, unit[:, None], zero=zero_head)
+        b_out = param("b_out", (self.out_dim,), width, jnp.ones((self.out_dim,), dt), is_bias=True, zero=zero_head)
         out = mm(h, w_out) + b_out
         if not probes:
             return out
@@ -123,23 +129,28 @@ def lr_multipliers(cfg: ModelConfig, params: dict, sizes: dict) -> None:
     return None
 
 
-def count(cfg: Config, s: dict[str, int]) -> dict[str, float]:
-    """Parameters and forward FLOPs per sample of one member at its TRUE sizes ``s`` (scalar in and out).
+def make(cfg: ModelConfig, padded: dict[str, int], io: dict[str, int], dtype, compute_dtype) -> MLP:
+    """The group's module; ``io``: the task's ``in_dim`` and ``out_dim``."""
+    return MLP(cfg, padded, io["in_dim"], io["out_dim"], dtype, compute_dtype)
+
+
+def count(cfg: ModelConfig, io: dict[str, int], s: dict[str, int]) -> dict[str, float]:
+    """Parameters and forward FLOPs per sample of one member at its TRUE sizes ``s``.
 
     Every parameter is a non-embedding one; FLOPs are 2 per weight (multiply-add), biases and
     activations not counted.
     """
-    W, D = s["width"], s["depth"]
-    if cfg.model.residual:
-        weights = W + D * 2 * W * s["mlp_hidden"] + W
-        total = weights + W + D * s["mlp_hidden"] + 1
+    W, D, n_in, n_out = s["width"], s["depth"], io["in_dim"], io["out_dim"]
+    if cfg.residual:
+        weights = n_in * W + D * 2 * W * s["mlp_hidden"] + W * n_out
+        total = weights + W + D * s["mlp_hidden"] + n_out
     else:
-        weights = W + (D - 1) * W * W + W
-        total = weights + W + (D - 1) * W + 1
+        weights = n_in * W + (D - 1) * W * W + W * n_out
+        total = weights + W + (D - 1) * W + n_out
     return {"n_params": total, "n_params_non_embedding": total, "forward_flops_per_token": 2 * weights}
 
 
-def activation_floats(cfg: Config, s: dict[str, int]) -> int:
+def activation_floats(cfg: ModelConfig, io: dict[str, int], s: dict[str, int]) -> int:
     """Floats per sample kept for the backward pass (a memory estimate, not exact)."""
-    units = s["width"] + (s["mlp_hidden"] if cfg.model.residual else 0)
-    return 4 * units * max(s["depth"], 1)
+    units = s["width"] + (s["mlp_hidden"] if cfg.residual else 0)
+    return 4 * units * max(s["depth"], 1) + io["in_dim"] + 2 * io["out_dim"]

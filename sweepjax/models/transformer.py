@@ -16,7 +16,8 @@ Parameterizations (``model.parameterization``), with m = width / base_width from
   readout at lr, logits multiplied by 1/m, attention logits q.k * sqrt(d_base) / head_dim. At
   ``width == base_width`` (and the base MLP ratio) every factor is 1: muP equals SP exactly.
 
-``model.zero_readout`` starts the readout at zero; ``model.depth_scaling = "inv_sqrt"`` multiplies
+``model.zero_init`` starts the readout (``"head"``) and/or every block's output projections, the
+attention's ``wo`` and the MLP's ``w2`` (``"proj"``), at zero; ``model.depth_scaling = "inv_sqrt"`` multiplies
 both residual branches by 1/sqrt(true depth).
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sweepjax.config import Config, ModelConfig
+from sweepjax.config import ModelConfig
 from sweepjax.models.common import (ACTIVATIONS, active_rms, constant_init, init_root, matmul, named_param, normal_init,
                                    normalize)
 
@@ -117,6 +118,7 @@ class Transformer(nn.Module):
         m = width_multiplier(c, width).astype(dt)
         root = init_root(self)
         param = lambda name, init, shape: named_param(self, root, name, init, shape)
+        proj_std = lambda std: 0.0 if "proj" in c.zero_init else std
 
         emb = param("embed", normal_init(1.0, unit, dt), (V, W))
         h = emb[tokens]
@@ -135,9 +137,9 @@ class Transformer(nn.Module):
             "wq": param("wq", normal_init(inv(width), on[:, None, None, None] * unit[:, None, None] * head, dt), (D, W, H, Dh)),
             "wk": param("wk", normal_init(inv(width), on[:, None, None, None] * unit[:, None, None] * head, dt), (D, W, H, Dh)),
             "wv": param("wv", normal_init(inv(width), on[:, None, None, None] * unit[:, None, None] * head, dt), (D, W, H, Dh)),
-            "wo": param("wo", normal_init(inv(inner), on[:, None, None, None] * head[..., None] * unit, dt), (D, H, Dh, W)),
+            "wo": param("wo", normal_init(proj_std(inv(inner)), on[:, None, None, None] * head[..., None] * unit, dt), (D, H, Dh, W)),
             "w1": param("w1", normal_init(inv(width), on[:, None, None] * unit[:, None] * hid, dt), (D, W, F)),
-            "w2": param("w2", normal_init(inv(sizes["mlp_hidden"]), on[:, None, None] * hid[:, None] * unit, dt), (D, F, W)),
+            "w2": param("w2", normal_init(proj_std(inv(sizes["mlp_hidden"])), on[:, None, None] * hid[:, None] * unit, dt), (D, F, W)),
             "on": on,
         }
         branch_scale = inv(depth) if c.depth_scaling == "inv_sqrt" else jnp.ones((), dt)
@@ -168,7 +170,7 @@ class Transformer(nn.Module):
         if c.tie_embeddings:
             readout = emb.T
         else:
-            std = 0.0 if c.zero_readout else inv(width)
+            std = 0.0 if "head" in c.zero_init else inv(width)
             readout = param("readout", normal_init(std, unit[:, None] * jnp.ones(V, dt), dt), (W, V))
         logits = matmul("btw,wv->btv", final, readout, cd).astype(dt) / m
         if not probes:
@@ -186,7 +188,12 @@ def lr_multipliers(cfg: ModelConfig, params: dict, sizes: dict) -> dict:
     return {name: 1.0 / fan[name] if name in fan else jnp.ones(()) for name in params}
 
 
-def count(cfg: Config, s: dict[str, int]) -> dict[str, float]:
+def make(cfg: ModelConfig, padded: dict[str, int], io: dict[str, int], dtype, compute_dtype) -> Transformer:
+    """The group's module; ``io``: the task's ``vocab`` and ``context``."""
+    return Transformer(cfg, padded, io["vocab"], io["context"], dtype, compute_dtype)
+
+
+def count(cfg: ModelConfig, io: dict[str, int], s: dict[str, int]) -> dict[str, float]:
     """Parameters and forward FLOPs per token of one member at its TRUE sizes ``s``.
 
     ``n_params``: every trained entry. ``n_params_non_embedding``: without the token and position
@@ -194,7 +201,7 @@ def count(cfg: Config, s: dict[str, int]) -> dict[str, float]:
     the matmuls exactly as computed (2 per multiply-add), attention scores and mixing over the full
     context (the causal mask does not save work here); norms, softmax and activations not counted.
     """
-    c, V, T = cfg.model, cfg.task.vocab, cfg.task.context
+    c, V, T = cfg, io["vocab"], io["context"]
     W, D, inner, F = s["width"], s["depth"], s["heads"] * s["head_dim"], s["mlp_hidden"]
     norm = {"none": 0, "rmsnorm": 1, "layernorm": 2}[c.norm] * W
     layer = 4 * W * inner + 2 * W * F + 2 * norm
@@ -206,8 +213,8 @@ def count(cfg: Config, s: dict[str, int]) -> dict[str, float]:
             "forward_flops_per_token": flops}
 
 
-def activation_floats(cfg: Config, s: dict[str, int]) -> int:
+def activation_floats(cfg: ModelConfig, io: dict[str, int], s: dict[str, int]) -> int:
     """Floats per sequence kept for the backward pass (a memory estimate, not exact)."""
-    T, H = cfg.task.context, s["heads"]
+    T, H = io["context"], s["heads"]
     per_layer = T * (10 * s["width"] + 3 * H * s["head_dim"] + 2 * s["mlp_hidden"]) + 2 * H * T * T
-    return s["depth"] * per_layer + 3 * T * cfg.task.vocab
+    return s["depth"] * per_layer + 3 * T * io["vocab"]

@@ -1,13 +1,26 @@
-"""Data generators: pure functions of (data key, step) that make batches on the device."""
+"""Tasks: what members learn. One module per task, one line per task in :data:`TASKS`.
+
+A task is a class following :class:`sweepjax.tasks.base.Task` (the protocol, written down there): its
+config keys, its per-member numbers, its data on device, its test set, its loss and floors. This
+module stays light (no JAX): the task's module is imported when a config names it.
+"""
 from __future__ import annotations
 
-from sweepjax.config import TaskConfig
-from sweepjax.tasks.markov import Markov
-from sweepjax.tasks.regression import Regression1D
+import importlib
 
-TASKS = {"regression-1d": Regression1D, "markov": Markov}
+# task name -> "module:Class"
+TASKS: dict[str, str] = {
+    "regression-1d": "sweepjax.tasks.regression:Regression1D",
+    "markov": "sweepjax.tasks.markov:Markov",
+}
 
 
-def make_task(cfg: TaskConfig):
-    """The task object named by ``cfg.name``."""
-    return TASKS[cfg.name](cfg)
+def task_class(name: str) -> type:
+    """The class of task ``name`` (imports its module)."""
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_task(cfg):
+    """The task object for a task config section (``Config.task``)."""
+    return task_class(cfg.name)(cfg)

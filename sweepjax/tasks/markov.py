@@ -42,9 +42,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from sweepjax.config import TaskConfig
+from sweepjax.losses import cross_entropy
+from sweepjax.tasks.base import Task
 
 # fold_in index of the test set's key: training keys are fold_in(data_key, step) with step <= 1e9 < this.
 TEST_FOLD = 2**31 - 1
@@ -98,12 +99,28 @@ def _sample(cdf: jax.Array, cdf0: jax.Array, key: jax.Array, n: int, t: int) -> 
     return jnp.concatenate([x0[:, None], rest.T], axis=1).astype(jnp.int32)
 
 
-@dataclass(frozen=True)
-class Markov:
-    """Next-token prediction on sequences of a random Markov chain over V tokens (see the module docstring)."""
-    cfg: TaskConfig
+@dataclass
+class Keys(TaskConfig):
+    """Config keys of ``markov`` (batch_size and test_size count sequences)."""
+    vocab: int = 32                  # tokens V
+    context: int = 64                # tokens the model sees per sequence (each sequence has context + 1 tokens)
+    chain_seed: int = 0              # seed of the transition matrix (the same chain for every member)
+    sparsity: float = 0.0            # share of zero entries in each row of the transition matrix, in [0, 1)
+    temperature: float = 1.0         # rows are softmax(N(0, 1) / temperature): small = near-deterministic
 
-    def __post_init__(self):
+
+class Markov(Task):
+    """Next-token prediction on sequences of a random Markov chain over V tokens (see the module docstring)."""
+    Keys = Keys
+    FAMILIES = ("transformer",)
+    MINIMUM = {"task.vocab": (2, True), "task.context": (1, True), "task.chain_seed": (0, True),
+               "task.sparsity": (0, True), "task.temperature": (0, False)}
+    MAXIMUM = {"task.vocab": 4096, "task.context": 2**16}
+    BELOW = {"task.sparsity": 1.0}
+    LOSS_UNIT = "nats"
+
+    def __init__(self, cfg: Keys):
+        super().__init__(cfg)
         c = self.cfg
         v = int(c.vocab)
         rng = np.random.default_rng(c.chain_seed)
@@ -131,13 +148,10 @@ class Markov:
         pi = pi / pi.sum()
         with np.errstate(divide="ignore", invalid="ignore"):
             row_entropy = -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
-        object.__setattr__(self, "_p", p)
-        object.__setattr__(self, "_pi", pi)
-        object.__setattr__(self, "_entropy_rate", float(np.dot(pi, row_entropy)))
-        object.__setattr__(self, "_k", k)
-        object.__setattr__(self, "_cdf", _cdf_rows(p))
-        object.__setattr__(self, "_cdf0", _cdf_rows(pi))
-        object.__setattr__(self, "_test", None)
+        self._p, self._pi, self._k = p, pi, k
+        self._entropy_rate = float(np.dot(pi, row_entropy))
+        self._cdf, self._cdf0 = _cdf_rows(p), _cdf_rows(pi)
+        self._test = None
 
     # ---- the chain (host, float64) ------------------------------------------------------------
     @property
@@ -172,13 +186,26 @@ class Markov:
         """n stationary sequences, (n, context + 1) int32: x_0 ~ pi, x_{t+1} ~ P[x_t]; jit/vmap-safe."""
         return _sample(jnp.asarray(self._cdf), jnp.asarray(self._cdf0), key, n, self.context)
 
+    @classmethod
+    def model_io(cls, keys: TaskConfig) -> dict[str, int]:
+        return {"vocab": keys.vocab, "context": keys.context}
+
+    @classmethod
+    def tokens_per_example(cls, keys: TaskConfig) -> int:
+        return keys.context
+
     def init_input(self, dtype) -> jax.Array:
         """An input for model init: int32 zeros (1, context); ``dtype`` is accepted for interface compatibility."""
         return jnp.zeros((1, self.context), jnp.int32)
 
-    def train_batch(self, data_key: jax.Array, step: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    def train_batch(self, data_key: jax.Array, step: jax.Array, m: dict, dtype) -> tuple[jax.Array, jax.Array]:
         """The training batch of ``step``: (x, y), each (batch_size, context) int32, y = x shifted by one token."""
         seq = self.sample(jax.random.fold_in(data_key, step), self.cfg.batch_size)
+        return seq[:, :-1], seq[:, 1:]
+
+    def examples(self, keys: jax.Array, m: dict, dtype) -> tuple[jax.Array, jax.Array]:
+        """One sequence per key (fixed training sets): (x, y), each (B, context) int32."""
+        seq = jax.vmap(lambda k: self.sample(k, 1)[0])(keys)
         return seq[:, :-1], seq[:, 1:]
 
     def test_set(self, dtype) -> tuple[jax.Array, jax.Array]:
@@ -190,7 +217,7 @@ class Markov:
             with jax.ensure_compile_time_eval():
                 key = jax.random.fold_in(jax.random.key(self.cfg.chain_seed), TEST_FOLD)
                 seq = np.asarray(self.sample(key, self.cfg.test_size))
-            object.__setattr__(self, "_test", seq)
+            self._test = seq
         seq = jnp.asarray(self._test)
         return seq[:, :-1], seq[:, 1:]
 
@@ -207,11 +234,9 @@ class Markov:
         x, y = (np.asarray(a) for a in self.test_set(jnp.float32))
         return float(-np.mean(np.log(self._p[x, y])))
 
-    @staticmethod
-    def loss(logits: jax.Array, y: jax.Array) -> jax.Array:
-        """Mean cross-entropy in nats over all (batch, context) positions; ``logits`` (..., V), ``y`` (...) int.
+    def floors(self) -> dict[str, float]:
+        return {"irreducible_loss": self.entropy_rate(), "test_bayes_loss": self.test_bayes_loss()}
 
-        Computed in float32 (or float64 when the logits are float64), also for bf16 logits.
-        """
-        ftype = jnp.promote_types(logits.dtype, jnp.float32)
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(ftype), y))
+    def losses(self, outputs: jax.Array, y: jax.Array, m: dict) -> jax.Array:
+        """Cross-entropy in nats per sequence, the mean over its context positions; ``outputs`` (B, T, V) logits."""
+        return cross_entropy(outputs, y)
