@@ -69,16 +69,17 @@ class _StopFlag:
 def cmd_plot(args: argparse.Namespace) -> int:
     """Remake fit and figures of a results directory."""
     from sweepjax import results
-    from sweepjax.config import load_config
+    from sweepjax.config import build_config, read_toml
     from sweepjax.run import analyse
     out = Path(args.dir)
     try:
         ds = results.load(out)
     except (FileNotFoundError, OSError) as e:
         raise ConfigError(f"cannot read results in {str(out)!r}: {e}") from None
-    # only run.* is used: a config saved by an older version may hold keys refused since
-    cfg = load_config(out / results.CONFIG_FILE, combinations=False)
-    analyse(out, ds, cfg.run, log=sys.stdout, warn=sys.stderr)
+    # Only the [run] table is used: a config saved by an older version may hold keys since refused
+    # or moved (task keys of other tasks, model.zero_readout).
+    run_cfg = build_config({"run": read_toml(out / results.CONFIG_FILE).get("run", {})}, combinations=False).run
+    analyse(out, ds, run_cfg, log=sys.stdout, warn=sys.stderr)
     return 0
 
 

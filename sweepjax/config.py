@@ -120,7 +120,7 @@ SECTIONS: dict[str, type] = {
 
 # Allowed values of string keys.
 CHOICES: dict[str, tuple[str, ...]] = {   # task.name: any name in sweepjax.tasks.TASKS
-    "model.family": ("mlp", "transformer"),
+    # model.family: any family of sweepjax.models.FAMILIES
     "model.activation": ("silu", "relu", "relu2", "gelu", "tanh"),
     "model.norm": ("none", "rmsnorm", "layernorm"),
     "model.positions": ("learned", "rotary"),
@@ -243,11 +243,14 @@ class Schema:
 @functools.lru_cache(maxsize=None)
 def schema(task: str) -> Schema:
     """The :class:`Schema` of configs training ``task`` (imports the task's module)."""
+    from sweepjax.models import FAMILIES
     from sweepjax.tasks import task_class
     cls = task_class(task)
-    return Schema(task, {**SECTIONS, "task": cls.Keys}, {**CHOICES, **cls.CHOICES}, {**MINIMUM, **cls.MINIMUM},
-                  {**MAXIMUM, **cls.MAXIMUM}, {**BELOW, **cls.BELOW}, {**APPLIES, **cls.APPLIES}, {**_WHY, **cls.WHY},
-                  PER_MEMBER_KEYS + tuple(cls.MEMBER_KEYS))
+    choices = {**CHOICES, "model.family": tuple(FAMILIES), **cls.CHOICES}
+    predicting = {"task.name": tuple(name for name in TASKS if task_class(name).PREDICTIONS)}
+    applies = {**APPLIES, "eval.save_predictions": (predicting,), **cls.APPLIES}
+    return Schema(task, {**SECTIONS, "task": cls.Keys}, choices, {**MINIMUM, **cls.MINIMUM}, {**MAXIMUM, **cls.MAXIMUM},
+                  {**BELOW, **cls.BELOW}, applies, {**_WHY, **cls.WHY}, PER_MEMBER_KEYS + tuple(cls.MEMBER_KEYS))
 
 
 def all_keys(task: str | None = None) -> list[str]:
@@ -505,7 +508,6 @@ class Above:
 
 # A condition: key -> the values it must take (a tuple, or Above); all of them must hold.
 Condition = dict[str, "tuple | Above"]
-_REGRESSION: Condition = {"task.name": ("regression-1d",)}
 _MLP: Condition = {"model.family": ("mlp",)}
 _RESIDUAL_MLP: Condition = {"model.family": ("mlp",), "model.residual": (True,)}
 _TRANSFORMER: Condition = {"model.family": ("transformer",)}
@@ -538,14 +540,13 @@ APPLIES: dict[str, tuple[Condition, ...]] = {
     "train.decay_all": ({"train.optimizer": ("adamw",), "train.weight_decay": Above(0)},),
     **{f"train.{k}": (_ADAM,) for k in ("adam_b1", "adam_b2", "adam_eps")},
     **{f"train.{k}": (_LBFGS,) for k in ("lbfgs_memory", "lbfgs_linesearch_steps")},
-    "eval.save_predictions": (_REGRESSION,),
 }
 # Why, where it helps the reader of the error.
 _WHY = {
     "train.lr": "L-BFGS takes its step length from a line search",
     "train.schedule": "L-BFGS takes its step length from a line search",
     "model.heads": "heads = width / head_size",
-    "eval.save_predictions": "predictions are kept for regression-1d only",
+    "eval.save_predictions": "predictions are kept for tasks with scalar outputs (a task's PREDICTIONS)",
 }
 
 

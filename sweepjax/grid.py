@@ -14,6 +14,7 @@ import numpy as np
 
 from sweepjax.config import Config, dim_name, member_keys
 from sweepjax.models import count, member_sizes, padded_sizes
+from sweepjax.tasks import task_class
 
 
 @dataclass
@@ -121,13 +122,13 @@ def build_grid(cfg: Config) -> Grid:
     combos = list(itertools.product(*(cfg.sweep[k] for k in keys)))
     numeric = member_keys(cfg)
     structural_keys = [k for k in keys if k not in numeric]
-    by_struct: dict[tuple, list[int]] = {}
+    by_struct: dict[str, tuple[dict, list[int]]] = {}   # keyed by repr: values may be lists (model.zero_init)
     for i, combo in enumerate(combos):
         member = dict(zip(keys, combo))
-        by_struct.setdefault(tuple(member[k] for k in structural_keys), []).append(i)
+        structural = {k: member[k] for k in structural_keys}
+        by_struct.setdefault(repr(structural), (structural, []))[1].append(i)
     groups = []
-    for struct_values, idx in by_struct.items():
-        structural = dict(zip(structural_keys, struct_values))
+    for structural, idx in by_struct.values():
         gcfg = cfg.with_values(structural)
         values = {}
         for key in numeric:
@@ -136,6 +137,8 @@ def build_grid(cfg: Config) -> Grid:
                 values[key] = np.array([combos[i][pos] for i in idx])
             else:
                 values[key] = np.full(len(idx), gcfg.get(key))
+        if not task_class(gcfg.task.name).samples(gcfg.task):   # its own full batch: no sampled set
+            values["task.dataset_size"] = np.zeros(len(idx), np.int64)
         # data_seed = -1 means "follow the init seed": independent data stream per init seed.
         ds = values["task.data_seed"]
         values["task.data_seed"] = np.where(ds < 0, values["train.seed"], ds)

@@ -31,10 +31,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, unit: str = "nats") -> j
 
 def kl_divergence(logits: jax.Array, target_logits: jax.Array, temperature: jax.Array | float = 1.0) -> jax.Array:
     """KL(p || q) in nats, p = softmax(target_logits / temperature) (the target distribution at the member's
-    temperature, a traced number), q = softmax(logits); zero exactly when q = p. Classes on the last axis."""
+    temperature, a traced number), q = softmax(logits); zero exactly when q = p. Classes on the last axis;
+    target classes of probability 0 (logit -inf) contribute 0."""
     log_p = jax.nn.log_softmax(_float(target_logits) / temperature)
     log_q = jax.nn.log_softmax(_float(logits))
-    return _per_example(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1))
+    p = jnp.exp(log_p)
+    return _per_example(jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1))   # 0 log 0 = 0
 
 
 def squared_error(pred: jax.Array, target: jax.Array) -> jax.Array:

@@ -19,12 +19,18 @@ from sweepjax.files import CONFIG_FILE, MANIFEST_FILE, RESULTS_FILE, atomic_writ
 from sweepjax.grid import Grid
 from sweepjax.models import count, family, tokens_per_step
 from sweepjax.tasks import task_class
+from sweepjax.tasks.dataset import samples_seen
 
 FLOOR_DESCRIPTIONS = {
-    "irreducible_loss": "the task's lowest expected test loss, nats per token (Markov: the entropy rate)",
-    "test_bayes_loss": "the true model's loss on the fixed test set, nats per token: the reference for "
-                       "the excess of final_test_loss (entropy rate + the test set's sampling offset)",
+    "irreducible_loss": "the task's lowest expected test loss, in its loss unit (Markov: the entropy rate)",
+    "test_bayes_loss": "the true model's loss on the fixed test set, in the task's loss unit: the reference "
+                       "for the excess of final_test_loss (Markov: entropy rate + the test set's sampling offset)",
 }
+
+
+def coordinate(value):
+    """A sweep value as a coordinate label: a list (``model.zero_init``) becomes ``"head+proj"`` (``"none"`` if empty)."""
+    return "+".join(value) or "none" if isinstance(value, list) else value
 
 
 def _scatter(grid: Grid, outputs: list[GroupOutput], get, fill) -> np.ndarray:
@@ -49,18 +55,23 @@ def counts(grid: Grid) -> dict[str, np.ndarray]:
     ``train_flops``: exact matmul (and attention) FLOPs of all training steps, 3x the forward pass
     (backward = 2x forward); ``train_flops_6nd``: the 6 N D estimate with N = non-embedding parameters
     and D = ``tokens`` seen in training. ``tokens``, ``train_flops`` and ``train_flops_6nd`` count each
-    member's own ``train.steps``.
+    member's own ``train.steps`` (and, with a fixed training set, only the samples its steps hold).
     """
     names = ("n_params", "n_params_non_embedding", "forward_flops_per_token", "tokens", "train_flops", "train_flops_6nd")
     flat = {k: np.zeros(grid.n_members, np.float64) for k in names}
     for g in grid.groups:
         sizes = g.sizes()
         per_step = float(tokens_per_step(g.config))
+        per_example = task_class(g.config.task.name).tokens_per_example(g.config.task)
         for row, i in enumerate(g.index):
             c = count(g.config, {k: v[row] for k, v in sizes.items()})
             for k in names[:3]:
                 flat[k][i] = c[k]
-            tokens = per_step * float(g.values["train.steps"][row])
+            steps, size = int(g.values["train.steps"][row]), int(g.values["task.dataset_size"][row])
+            if size:   # a fixed set: an epoch's last step holds only the remaining samples
+                tokens = float(samples_seen(steps, size, g.config.task.batch_size) * per_example)
+            else:
+                tokens = per_step * steps
             flat["tokens"][i] = tokens
             flat["train_flops"][i] = 3.0 * c["forward_flops_per_token"] * tokens
             flat["train_flops_6nd"][i] = 6.0 * c["n_params_non_embedding"] * tokens
@@ -80,7 +91,7 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     Each is kept as a scalar when all members share it (the usual case), else with the sweep dims.
     """
     dims = grid.dims
-    coords = {dim_name(k): np.asarray(v) for k, v in grid.axes.items()}
+    coords = {dim_name(k): np.asarray([coordinate(x) for x in v]) for k, v in grid.axes.items()}
     coords["eval_step"] = steps
     data = {
         "train_loss": (dims + ["eval_step"], _scatter(grid, outputs, lambda o: o.train_loss, np.nan)),
@@ -95,7 +106,7 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     curves = data["test_loss"][1]
     best = np.where(np.isnan(curves), np.inf, curves)
     at = np.argmin(best, axis=-1)
-    found = np.isfinite(np.min(best, axis=-1))
+    found = np.isfinite(np.min(best, axis=-1)) & ~data["diverged"][1]   # a diverged member has no result
     data["best_test_loss"] = (dims, np.where(found, np.min(best, axis=-1), np.nan))
     data["best_step"] = (dims, np.where(found, steps[at], -1))
     if outputs[0].activations is not None:
@@ -120,7 +131,7 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     ds.attrs["sweepjax_config"] = to_toml(cfg)
     ds["final_test_loss"].attrs["description"] = "test loss at each member's own last step (NaN if diverged)"
     ds["best_test_loss"].attrs["description"] = ("lowest test loss over the member's evaluations (early "
-                                                 "stopping); NaN if none is finite")
+                                                 "stopping); NaN for a diverged member")
     ds["best_step"].attrs["description"] = "eval_step of best_test_loss (-1 if none)"
     for name in ("train_loss", "test_loss", "final_test_loss", "best_test_loss"):
         ds[name].attrs["units"] = task.LOSS_UNIT

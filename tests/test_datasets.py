@@ -29,12 +29,21 @@ def test_each_sample_once_per_epoch(size):
         weights = [int(np.asarray(v).sum()) for _, v in rows]
         assert weights == [batch] * (per_epoch - 1) + [size - (per_epoch - 1) * batch]
         orders.append(index)
-    if size >= 3:
+    if per_epoch > 1:
         assert not np.array_equal(orders[0], orders[1])
+    else:                   # the whole set every step, in one order
+        assert orders[0].tolist() == orders[1].tolist() == list(range(size))
     # Another data key, another order (a big set).
     if size >= 1000:
         other = dataset.minibatch(jax.random.key(4), jnp.int32(0), batch, size)[0]
         assert not np.array_equal(np.asarray(other), orders[0][:batch])
+
+
+@pytest.mark.parametrize("size, steps", [(1, 5), (10, 7), (64, 3), (65, 5), (1000, 40)])
+def test_samples_seen_counts_the_weighted_rows(size, steps):
+    batch = 64
+    fn = jax.jit(lambda t: dataset.minibatch(jax.random.key(0), t, batch, size)[1])
+    assert dataset.samples_seen(steps, size, batch) == sum(int(np.asarray(fn(jnp.int32(t))).sum()) for t in range(steps))
 
 
 def test_permutation_is_a_bijection_for_traced_sizes():
@@ -71,7 +80,10 @@ def test_member_with_a_fixed_set_equals_it_alone_bitwise(size):
     finals = swept.final_test_loss.sel(width=2).values
     assert len(set(finals.tolist())) == 3
     fresh = run({"model.width": [2, 6]}, **SECTIONS)
-    np.testing.assert_allclose(swept.test_loss.sel(dataset_size=0).values, fresh.test_loss.values, rtol=1e-6)
+    np.testing.assert_array_equal(swept.test_loss.sel(dataset_size=0).values, fresh.test_loss.values)
+    # Tokens count the samples each member's steps hold: 60 steps of 64; 60 epochs of 10; for D = 1000, 3 epochs
+    # of 16 steps (the last holding 40) and 12 steps of 64.
+    assert swept.tokens.sel(width=2).values.tolist() == [60 * 64, 60 * 10, 3 * 1000 + 12 * 64]
 
 
 def test_small_set_overfits_and_best_test_loss_finds_the_minimum():
@@ -88,6 +100,25 @@ def test_small_set_overfits_and_best_test_loss_finds_the_minimum():
     assert float(small.train_loss.isel(eval_step=-1)) < 0.01 * float(small.test_loss.isel(eval_step=-1))
     assert float(small.best_test_loss) < float(small.final_test_loss)
     assert float(ds.best_test_loss.sel(dataset_size=0)) < float(small.best_test_loss)
+
+
+def test_grid_members_ignore_the_data_size():
+    """dataset_size acts in the fresh-data group of a train_data sweep; the grid group keeps its grid (and
+    counts grid_size samples per step), whatever D it is crossed with."""
+    sweep = {"task.train_data": ["fresh", "grid"], "task.dataset_size": [0, 3]}
+    ds = run(sweep, task={"test_size": 100, "grid_size": 101}, train={"steps": 20})
+    grid = ds.sel(train_data="grid")
+    np.testing.assert_array_equal(grid.test_loss.sel(dataset_size=3).values, grid.test_loss.sel(dataset_size=0).values)
+    assert grid.tokens.values.tolist() == [20 * 101, 20 * 101]
+    fresh = ds.sel(train_data="fresh")
+    assert not np.array_equal(fresh.test_loss.sel(dataset_size=3).values, fresh.test_loss.sel(dataset_size=0).values)
+
+
+def test_diverged_member_has_no_best_loss():
+    ds = run({"task.dataset_size": [0, 8], "train.lr": [1e-2, 1e3]}, train={"steps": 30})
+    blown = ds.sel(lr=1e3)
+    assert blown.diverged.all() and np.isnan(blown.best_test_loss).all() and (blown.best_step == -1).all()
+    assert np.isfinite(ds.best_test_loss.sel(lr=1e-2)).all()
 
 
 def test_lbfgs_on_a_fixed_set_within_one_batch():

@@ -38,6 +38,10 @@ def test_kl_divergence_at_a_traced_temperature():
         np.testing.assert_allclose(kl_divergence(jnp.asarray(logits), jnp.asarray(target), t), ref, rtol=1e-5, atol=1e-7)
     # Zero when the model's distribution is the target's (logits = target / T up to a constant).
     np.testing.assert_allclose(kl_divergence(jnp.asarray(target / 2 + 7), jnp.asarray(target), 2.0), 0.0, atol=1e-6)
+    # Target classes of probability 0 (a sparse row) contribute 0, also to KL(p || p).
+    sparse = jnp.array([[0.0, -jnp.inf, 1.0]])
+    np.testing.assert_allclose(kl_divergence(sparse, sparse), 0.0, atol=1e-7)
+    assert np.isfinite(kl_divergence(jnp.zeros((1, 3)), sparse)).all()
     # One program over members with different temperatures equals each temperature alone.
     temps = jnp.array([0.5, 1.0, 3.0])
     batched = jax.jit(jax.vmap(lambda t: kl_divergence(jnp.asarray(logits), jnp.asarray(target), t)))(temps)

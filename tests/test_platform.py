@@ -154,3 +154,7 @@ def test_zero_init_starts_projections_and_head_at_zero():
         assert np.any(both[f"param.{name}"].values != 0)
     for name in ("w_in", "w1", "b1"):
         np.testing.assert_array_equal(both[f"param.init.{name}"].values, base[f"param.init.{name}"].values)
+    # Swept: one program per value, labelled by its entries.
+    swept = run_sweep(_config({"model.zero_init": [[], ["head", "proj"]]}, model=model), log=None)[0]
+    assert swept.zero_init.values.tolist() == ["none", "head+proj"]
+    np.testing.assert_allclose(swept.test_loss.sel(zero_init="head+proj").values[0], np.log2(3), rtol=1e-6)

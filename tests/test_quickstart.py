@@ -69,3 +69,11 @@ def test_transformer_markov_config_end_to_end(tmp_path):
     assert {r["slice"]["parameterization"] for r in rows} == {"sp", "mup"}
     assert all("Bayes" in r["loss"] and r["diverged_per_width"] == [0, 0, 0] for r in rows)
     assert (out / "figures" / "scaling.png").is_file()
+    # `sweepjax plot` redoes the fit, also for a directory saved by an older version (task keys of every
+    # task in [task], model.zero_readout): only its [run] table is read.
+    (out / "fit.json").unlink()
+    saved = (out / "config.toml").read_text()
+    (out / "config.toml").write_text(saved.replace("[task]\n", "[task]\npower = 2.0\ngrid_size = 1001\n")
+                                     .replace("[model]\n", "[model]\nzero_readout = false\n"))
+    assert main(["plot", str(out)]) == 0
+    assert json.loads((out / "fit.json").read_text()) == rows

@@ -36,6 +36,8 @@ from .inputs import FitInputError, reduce_runs
 
 FLOORS = {"test_bayes_loss": "test-set Bayes loss", "irreducible_loss": "entropy rate"}
 """Loss floors a results Dataset may carry, in order of preference, and their labels."""
+LOSSES = ("final_test_loss", "best_test_loss", "test_loss", "train_loss")
+"""Loss variables of results saved before losses carried a ``units`` attribute."""
 
 
 @dataclass
@@ -115,7 +117,7 @@ def fitted_loss(ds: xr.Dataset, y: str = "final_test_loss",
                 floor: bool = True) -> tuple[xr.DataArray, str]:
     """The per-member loss that is fitted, and its axis label.
 
-    ``y`` minus the loss floor when ``floor`` and the results hold one (the first of `FLOORS`:
+    ``y`` (a loss variable) minus the loss floor when ``floor`` and the results hold one (the first of `FLOORS`:
     ``test_bayes_loss``, the true model's loss on the same fixed test sequences, or in results
     saved before it existed ``irreducible_loss``, the entropy rate, which leaves the test set's
     sampling offset in the excess; a NaN floor counts as none). Members flagged ``diverged``
@@ -126,9 +128,12 @@ def fitted_loss(ds: xr.Dataset, y: str = "final_test_loss",
     if not np.issubdtype(ds[y].dtype, np.number):
         raise FitInputError(f"y {y!r} is not numeric")
     loss, label = ds[y].astype(float), y.replace("_", " ")
-    name = next((f for f in FLOORS if f in ds.data_vars), None) if floor else None
+    # The floor is a loss: subtracted from loss variables only (those carrying a unit, or the loss names).
+    is_loss = "units" in ds[y].attrs or y in LOSSES
+    name = next((f for f in FLOORS if f in ds.data_vars), None) if floor and is_loss else None
     if name:
-        loss, label = loss - ds[name].fillna(0.0), f"{label} - {FLOORS[name]} (nats)"
+        unit = ds[y].attrs.get("units", "nats")
+        loss, label = loss - ds[name].fillna(0.0), f"{label} - {FLOORS[name]} ({unit})"
     if "diverged" in ds.data_vars:
         loss = loss.where(~ds["diverged"].fillna(False).astype(bool), np.inf)
     return loss, label

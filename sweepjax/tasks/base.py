@@ -50,6 +50,7 @@ class Task:
     WHY: dict[str, str] = {}
     LOSS_UNIT: str = "nats"
     RECORDS: dict[str, tuple[str, ...]] = {}    # extra per-evaluation results: name -> its own dims
+    PREDICTIONS: bool = False                  # eval.save_predictions keeps outputs on the test set (scalar outputs)
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
@@ -68,6 +69,12 @@ class Task:
             return None
         shown = sizes[0] if len(sizes) == 1 else sizes
         return f"task.dataset_size = {shown}", f"set 1 <= task.dataset_size <= task.batch_size = {cfg.task.batch_size}"
+
+    @classmethod
+    def samples(cls, keys: TaskConfig) -> bool:
+        """Whether training data is sampled (fresh, or a fixed set of ``dataset_size``): False for a task
+        setting with its own fixed full batch (regression-1d's grid), where ``dataset_size`` has no effect."""
+        return True
 
     # ---- shapes -------------------------------------------------------------------------------
     @classmethod

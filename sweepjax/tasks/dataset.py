@@ -10,7 +10,8 @@ of epoch ``t // ceil(D/B)``; its minibatch holds positions ``j B .. min((j + 1) 
 epoch's order, a pseudo-random permutation of 0 .. D - 1 keyed by (data key, epoch). So every sample
 is used exactly once per epoch, the last step of an epoch holds the D - (ceil(D/B) - 1) B remaining
 samples (rows past them carry weight 0: its loss is the mean over the samples it has, as a data
-loader without ``drop_last``), and D <= B trains on the whole set every step.
+loader without ``drop_last``), and D <= B trains on the whole set every step, in one fixed order (rows
+0 .. D - 1 hold samples 0 .. D - 1, so the full-batch loss is the same sum every step, as L-BFGS wants).
 
 The permutation is a 4-round Feistel network on the smallest even number of bits covering D, with
 cycle walking (an index that lands at or above D is permuted again until it falls below D; a bijection
@@ -66,6 +67,7 @@ def minibatch(data_key: jax.Array, step: jax.Array, batch: int, size: jax.Array)
     valid = position < size
     key = jax.random.fold_in(jax.random.fold_in(data_key, SHUFFLE_FOLD), epoch)
     index = permute(key, jnp.where(valid, position, 0), size)
+    index = jnp.where(per_epoch > 1, index, position)   # the whole set every step: always in one order
     return jnp.where(valid, index, 0), valid
 
 
@@ -73,3 +75,11 @@ def sample_keys(data_key: jax.Array, index: jax.Array) -> jax.Array:
     """The keys of training-set samples ``index``."""
     base = jax.random.fold_in(data_key, DATASET_FOLD)
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+
+
+def samples_seen(steps: int, size: int, batch: int) -> int:
+    """Training samples a member with a fixed set of ``size`` samples sees in ``steps`` steps (each full
+    epoch of ceil(size / batch) steps sees ``size``, each step of an unfinished epoch ``batch``)."""
+    per_epoch = -(-size // batch)
+    epochs, rest = divmod(steps, per_epoch)
+    return epochs * size + rest * batch

@@ -67,6 +67,7 @@ class Regression1D(Task):
     }
     WHY = {k: "the grid is one fixed full batch" for k in ("task.batch_size", "task.data_seed", "task.dataset_size")}
     LOSS_UNIT = "squared error"
+    PREDICTIONS = True
 
     @classmethod
     def check(cls, cfg: Config) -> None:
@@ -92,6 +93,10 @@ class Regression1D(Task):
             return ("task.train_data = 'fresh'", "set task.train_data = 'grid' (or 1 <= task.dataset_size <= "
                     "task.batch_size)")
         return super().not_full_batch(cfg)
+
+    @classmethod
+    def samples(cls, keys: TaskConfig) -> bool:
+        return keys.train_data == "fresh"
 
     @classmethod
     def model_io(cls, keys: TaskConfig) -> dict[str, int]:
