@@ -22,6 +22,8 @@ A task is one module with one class deriving from :class:`Task`, named in
   ``task.dataset_size`` samples and, by default, for fresh batches) or :meth:`train_batch`;
 * :meth:`test_set` (fixed, the same for every member) and :meth:`floors` (irreducible losses when known);
 * ``RECORDS`` / :meth:`records`: what else it measures at every evaluation (name -> dims).
+* ``PREDICTIONS`` (scalar outputs that ``eval.save_predictions`` may keep) and :meth:`samples` (False
+  for a setting with its own fixed full batch, where ``dataset_size`` is ignored).
 
 Adding a task is one new module plus one line in ``TASKS``.
 """
