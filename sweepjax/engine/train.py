@@ -142,11 +142,10 @@ class GroupProgram:
         c = b if n > b and n % b == 0 else n
         return x.reshape(n // c, c, *x.shape[1:]), y.reshape(n // c, c, *y.shape[1:])
 
-    def _test_loss(self, params, m):
-        """Mean test loss over the whole test set, evaluated chunk by chunk."""
+    def _test_losses(self, params, m):
+        """Per-example losses on the whole test set (in its order), evaluated chunk by chunk."""
         xs, ys = self._test_chunks()
-        loss = lambda xy: jnp.mean(self.task.losses(self._apply(params, xy[0], m), xy[1], m["task"]))
-        return jnp.mean(jax.lax.map(loss, (xs, ys)))
+        return jax.lax.map(lambda xy: self.task.losses(self._apply(params, xy[0], m), xy[1], m["task"]), (xs, ys)).reshape(-1)
 
     def _train_batch(self, t: jax.Array, m: dict):
         """(x, y, weights) of step ``t``: fresh examples, or a minibatch of the member's fixed training set
@@ -218,12 +217,13 @@ class GroupProgram:
             # The evaluation schedule is shared (so the cond stays a cond under vmap); a member writes only
             # up to its own last step, its later entries stay NaN.
             put = lambda buf, v: buf.at[slot].set(jnp.where(live, jnp.where(diverged, nan, v), buf[slot]))
+            test_losses = self._test_losses(params, m)
             out = {**s, "train_loss": put(s["train_loss"], loss),
-                   "test_loss": put(s["test_loss"], self._test_loss(params, m))}
+                   "test_loss": put(s["test_loss"], self.task.test_loss(test_losses, m["task"]))}
             if self.probes:
                 out["activations"] = put(s["activations"], self._probe(params, m))
             if self.record_shapes:
-                values = self.task.records(lambda x: self._apply(params, x, m), m["task"])
+                values = self.task.records(test_losses, lambda x: self._apply(params, x, m), m["task"])
                 out["records"] = {k: put(s["records"][k], values[k].astype(self.dtype)) for k in self.record_shapes}
             return out
 

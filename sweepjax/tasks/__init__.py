@@ -12,6 +12,7 @@ import importlib
 TASKS: dict[str, str] = {
     "regression-1d": "sweepjax.tasks.regression:Regression1D",
     "markov": "sweepjax.tasks.markov:Markov",
+    "sparse-parity": "sweepjax.tasks.sparse_parity:SparseParity",
 }
 
 

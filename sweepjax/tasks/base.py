@@ -20,7 +20,9 @@ A task is one module with one class deriving from :class:`Task`, named in
 * ``LOSS_UNIT`` (one of :data:`sweepjax.losses.UNITS`) and :meth:`losses`: per-example losses;
 * data on the device: :meth:`examples` (one example per key: used for fixed training sets of
   ``task.dataset_size`` samples and, by default, for fresh batches) or :meth:`train_batch`;
-* :meth:`test_set` (fixed, the same for every member) and :meth:`floors` (irreducible losses when known);
+* :meth:`test_set` (fixed, the same for every member), :meth:`test_loss` (how per-example test losses
+  combine: the mean, or weights such as per-member task frequencies) and :meth:`floors` (irreducible
+  losses when known);
 * ``RECORDS`` / :meth:`records`: what else it measures at every evaluation (name -> dims).
 * ``PREDICTIONS`` (scalar outputs that ``eval.save_predictions`` may keep) and :meth:`samples` (False
   for a setting with its own fixed full batch, where ``dataset_size`` is ignored).
@@ -126,8 +128,14 @@ class Task:
         """Shape of each of ``RECORDS`` at one evaluation."""
         return {}
 
-    def records(self, predict: Callable[[jax.Array], jax.Array], m: dict) -> dict[str, jax.Array]:
-        """The ``RECORDS`` values of one member at one evaluation; ``predict(x)`` runs its model."""
+    def test_loss(self, losses: jax.Array, m: dict) -> jax.Array:
+        """The test loss from the per-example losses on the test set (in its order): their mean, or a
+        weighted mean where the task weights its test examples (e.g. by a per-member frequency)."""
+        return jnp.mean(losses)
+
+    def records(self, losses: jax.Array, predict: Callable[[jax.Array], jax.Array], m: dict) -> dict[str, jax.Array]:
+        """The ``RECORDS`` values of one member at one evaluation, from its per-example test losses
+        (test-set order) or from ``predict(x)``, which runs its model on any input."""
         return {}
 
 
