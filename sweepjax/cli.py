@@ -83,6 +83,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_qdg(args: argparse.Namespace) -> int:
+    """QDG on one member: cluster sizes, rank-frequency slope, ARI vs the true subtasks."""
+    from sweepjax.analysis.qdg import parse_members, run_qdg_cli
+    try:
+        run_qdg_cli(args.dir, parse_members(args.member), args.clusters, args.json, args.plot,
+                    n_samples=args.samples, threshold=args.threshold, align_labels=args.align_labels)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise ConfigError(str(e)) from None
+    return 0
+
+
 def cmd_coordcheck(args: argparse.Namespace) -> int:
     """Train the config's widths for a few steps under SP and muP; table of activation spreads and a figure."""
     import jax
@@ -162,6 +173,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     c.add_argument("--out", help="results directory (default: runs/<config name>-coordcheck)")
     c.set_defaults(func=cmd_coordcheck)
+    q = sub.add_parser("qdg", help="quanta discovery from gradients on one member of a sparse-parity sweep")
+    q.add_argument("dir", metavar="RESULTS_DIR")
+    q.add_argument("--member", action="append", default=[], metavar="KEY=VALUE",
+                   help="the member's coordinate on a sweep dim (repeatable; default: widest member, first coords)")
+    q.add_argument("--clusters", type=int, default=None, help="number of clusters (default: subtasks present)")
+    q.add_argument("--samples", type=int, default=2000, help="samples drawn from the task")
+    q.add_argument("--threshold", type=float, default=0.1, help="keep samples with loss below this (bits)")
+    q.add_argument("--align-labels", action="store_true", help="multiply each gradient by its label's sign")
+    q.add_argument("--json", help="summary path (default RESULTS_DIR/qdg.json)")
+    q.add_argument("--plot", help="figure path (default RESULTS_DIR/figures/qdg_rank_frequency.png)")
+    q.set_defaults(func=cmd_qdg)
     i = sub.add_parser("info", help="devices and versions")
     i.set_defaults(func=cmd_info)
     # The fit parser lives with the fitting library, which imports JAX: it is built only when

@@ -318,15 +318,20 @@ def analyse(out: Path, ds: xr.Dataset, run_cfg: RunConfig, log: TextIO | None = 
     """
     if "width" not in ds.dims or ds.sizes["width"] < 3:
         return []
+    import importlib
+    import tomllib
+
     from sweepjax.analysis.scaling import describe, width_scaling
+    from sweepjax.tasks import TASKS, task_class
     rows = width_scaling(ds, form=run_cfg.fit_form, n_boot=run_cfg.bootstrap, log=warn)
     if log:
         for row in rows:
             print(describe(row), file=log)
     atomic_write(Path(out) / FIT_FILE, lambda p: p.write_text(json.dumps(rows, indent=2)))
     if run_cfg.figures:
-        from sweepjax.analysis.lottery import make_figures
-        for path in make_figures(ds, rows, Path(out) / FIGURES_DIR):
+        name = tomllib.loads(ds.attrs.get("sweepjax_config", "")).get("task", {}).get("name", "regression-1d")
+        study = importlib.import_module(task_class(name).STUDY if name in TASKS else "sweepjax.analysis.lottery")
+        for path in study.make_figures(ds, rows, Path(out) / FIGURES_DIR):
             if log:
                 print(f"figure: {path}", file=log)
     return rows

@@ -41,11 +41,18 @@ def test_task_frequencies_follow_the_zipf_law(exponent):
     n = 100_000
     x, _ = jax.jit(lambda k: t.examples(jax.random.split(k, n), {"zipf_exponent": jnp.float32(exponent)},
                                         jnp.float32))(jax.random.key(1))
-    counts = np.bincount(np.asarray(x[:, :8]).argmax(1), minlength=8)
     p = np.arange(1, 9, dtype=float) ** -exponent
     p /= p.sum()
     np.testing.assert_allclose(np.asarray(frequencies(8, exponent)), p, rtol=1e-6)
-    assert np.all(np.abs(counts - n * p) < 5 * np.sqrt(n * p * (1 - p))), (counts, n * p)
+    # The fresh-batch path draws a whole batch at once: the same law, and labels still parities.
+    big = task(n_tasks=8, batch_size=n)
+    xb, yb = big.train_batch(jax.random.key(2), jnp.int32(3), {"zipf_exponent": jnp.float32(exponent)}, jnp.float32)
+    xb = np.asarray(xb)
+    np.testing.assert_array_equal(np.asarray(yb), xb[:, 8:][np.arange(n)[:, None], big.subsets[xb[:, :8].argmax(1)]].sum(1) % 2)
+    assert abs(xb[:, 8:].mean() - 0.5) < 0.01
+    for sample in (x, xb):
+        counts = np.bincount(np.asarray(sample[:, :8]).argmax(1), minlength=8)
+        assert np.all(np.abs(counts - n * p) < 5 * np.sqrt(n * p * (1 - p))), (counts, n * p)
 
 
 def test_test_set_holds_each_subtask_equally_in_order():

@@ -61,6 +61,7 @@ class SparseParity(Task):
     MAXIMUM = {"task.n_tasks": 10**5, "task.n_bits": 10**4}
     LOSS_UNIT = "bits"
     RECORDS = {"subtask_loss": ("subtask",)}
+    STUDY = "sweepjax.analysis.quanta"
 
     def __init__(self, cfg: Keys):
         super().__init__(cfg)
@@ -95,15 +96,25 @@ class SparseParity(Task):
         x = jnp.concatenate([jax.nn.one_hot(task, self.cfg.n_tasks, dtype=dtype), bits.astype(dtype)], axis=1)
         return x, label.astype(jnp.int32)
 
+    def _draw(self, key: jax.Array, shape: tuple[int, ...], exponent: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Task ids (``shape``) by inverse CDF of the member's frequencies (one uniform each), and bits
+        (``shape`` + (n_bits,)) unpacked from 32-bit random words (one word per 32 bits)."""
+        kt, kb = jax.random.split(key)
+        cdf = jnp.cumsum(frequencies(self.cfg.n_tasks, exponent))
+        task = jnp.minimum(jnp.searchsorted(cdf, jax.random.uniform(kt, shape), side="right"), self.cfg.n_tasks - 1)
+        j = jnp.arange(self.cfg.n_bits)
+        words = jax.random.bits(kb, shape + (-(-self.cfg.n_bits // 32),), jnp.uint32)
+        bits = (words[..., j // 32] >> (j % 32).astype(jnp.uint32)) & 1
+        return task, bits.astype(jnp.int32)
+
     def examples(self, keys: jax.Array, m: dict, dtype) -> tuple[jax.Array, jax.Array]:
-        """One example per key: the task id from the member's frequencies, then the bits."""
-        logp = jnp.log(frequencies(self.cfg.n_tasks, m["zipf_exponent"]))
+        """One example per key (fixed training sets): the task id from the member's frequencies, then the bits."""
+        task, bits = jax.vmap(lambda k: self._draw(k, (), m["zipf_exponent"]))(keys)
+        return self._encode(task, bits, dtype)
 
-        def one(key):
-            kt, kb = jax.random.split(key)
-            return jax.random.categorical(kt, logp), jax.random.bernoulli(kb, 0.5, (self.cfg.n_bits,)).astype(jnp.int32)
-
-        task, bits = jax.vmap(one)(keys)
+    def train_batch(self, data_key: jax.Array, step: jax.Array, m: dict, dtype) -> tuple[jax.Array, jax.Array]:
+        """A fresh batch of ``step``, drawn at once from (data key, step)."""
+        task, bits = self._draw(jax.random.fold_in(data_key, step), (self.cfg.batch_size,), m["zipf_exponent"])
         return self._encode(task, bits, dtype)
 
     def test_set(self, dtype) -> tuple[jax.Array, jax.Array]:

@@ -1,0 +1,390 @@
+"""QDG, quanta discovery from gradients (Michaud et al. 2023, the quantization model; issue 13 part 4).
+
+Take the samples a trained member already predicts well (per-sample loss < ``threshold``), compute the
+per-sample gradient of the loss w.r.t. all parameters (the MLP family has no embeddings or norms with
+parameters, so nothing is excluded), scale each to unit L2 norm, form the cosine matrix C and the
+affinity A = 1 - arccos(C) / pi, and cluster A by spectral clustering (precomputed affinity, many
+k-means inits). The cluster sizes, sorted, are the rank-frequency curve of the discovered quanta (the
+paper's toy QDG found a log-log slope ~ -1.1). On ``sparse-parity`` the true quanta are the subtasks,
+read from the one-hot part of x, so the clusters are scored with the adjusted Rand index.
+
+A member is rebuilt from a results Dataset saved with ``eval.save_params = true`` (:func:`member_model`):
+the resolved config in ``ds.attrs["sweepjax_config"]``, the member's sweep coordinates applied, its true
+sizes, the module padded to the stored parameter shapes and its trained ``param.*`` values.
+
+Padded entries of a member's parameters are zero and masked, so their gradients are zero: they add
+nothing to the norms or cosines, and the gradients are those of the member at its true size.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+from jax.flatten_util import ravel_pytree
+
+from sweepjax.config import Config, build_config, dim_name, member_keys
+
+PARAM_PREFIX = "param."
+
+
+# ---- rebuilding one member -------------------------------------------------------------------
+@dataclass(eq=False)   # hashed by identity: its bound ``apply`` is a static jit argument
+class Member:
+    """One trained member of a sweep, rebuilt from its results."""
+    coords: dict[str, Any]        # sweep dim -> coordinate label of the member
+    config: Config                # the member's config (its sweep values applied)
+    sizes: dict[str, int]         # its true sizes (the family's SIZE_KEYS)
+    padded: dict[str, int]        # the sizes the module is padded to (those of the stored parameters)
+    model: Any                    # the flax module
+    params: dict                  # its trained parameters (a pytree, padded shapes)
+
+    def apply(self, params: dict, x: jax.Array) -> jax.Array:
+        """Outputs of the member on a batch ``x``, as the engine computes them."""
+        sizes = {k: jnp.asarray(v, jnp.int32) for k, v in self.sizes.items()}
+        return self.model.apply({"params": params}, x, sizes)
+
+
+def sweep_config(ds: xr.Dataset) -> Config:
+    """The resolved config a results Dataset was made with (``ds.attrs["sweepjax_config"]``)."""
+    text = ds.attrs.get("sweepjax_config")
+    if not text:
+        raise ValueError("these results hold no 'sweepjax_config' attribute (not made by sweepjax.run)")
+    return build_config(tomllib.loads(text), combinations=False)
+
+
+def _parse(value: Any, coord: np.ndarray) -> Any:
+    """A member coordinate given as text (``--member width=64``) in the type of the dim's coordinates."""
+    if not isinstance(value, str) or coord.dtype.kind in "USO":
+        return value
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def default_member(ds: xr.Dataset) -> dict[str, Any]:
+    """The widest member of the first coordinates: the largest ``width``, the first value of every other
+    sweep dim (seed 0 for the usual seed axis)."""
+    cfg = sweep_config(ds)
+    out = {}
+    for key in cfg.sweep:
+        d = dim_name(key)
+        values = ds[d].values
+        out[d] = (values.max() if d == "width" else values[0]).item()
+    return out
+
+
+def _member_index(ds: xr.Dataset, cfg: Config, coords: dict[str, Any]) -> dict[str, int]:
+    """Sweep dim -> position of the member's coordinate (every sweep dim must be fixed)."""
+    dims = {dim_name(k): k for k in cfg.sweep}
+    given = {dim_name(k): v for k, v in coords.items()}
+    unknown = sorted(set(given) - set(dims))
+    if unknown:
+        raise ValueError(f"member coordinates {unknown} are not sweep dims (sweep dims: {sorted(dims)})")
+    missing = sorted(set(dims) - set(given))
+    if missing:
+        raise ValueError(f"member coordinates miss sweep dims {missing}: a member is selected by all of "
+                         f"{sorted(dims)}")
+    index = {}
+    for d in dims:
+        labels = ds[d].values
+        value = _parse(given[d], labels)
+        hits = [i for i, v in enumerate(labels.tolist()) if v == value]
+        if not hits:
+            raise ValueError(f"{d} = {given[d]!r} is not a coordinate of the sweep (it has {labels.tolist()})")
+        index[d] = hits[0]
+    return index
+
+
+def _padded_sizes(cfg: Config) -> dict[str, int]:
+    """The largest true size of every size key over the whole sweep: the shapes ``param.*`` are padded to."""
+    from sweepjax.grid import build_grid
+    from sweepjax.models import padded_sizes
+    out: dict[str, int] = {}
+    for group in build_grid(cfg).groups:
+        for k, v in padded_sizes(group.sizes()).items():
+            out[k] = max(out.get(k, 0), v)
+    return out
+
+
+def member_model(ds: xr.Dataset, **coords) -> Member:
+    """Rebuild one trained member from results saved with ``eval.save_params = true``.
+
+    ``coords``: the member's coordinate on every sweep dim (``width=64, seed=0``; dotted keys such as
+    ``model.width`` also work). Returns a :class:`Member` (config, true sizes, module, parameters).
+    """
+    from sweepjax.models import dtypes, make_model, member_sizes
+    from sweepjax.tasks import make_task
+    if not any(str(v).startswith(PARAM_PREFIX) for v in ds.data_vars):
+        raise ValueError("these results hold no trained parameters (no 'param.*' variables): run the sweep "
+                         "with eval.save_params = true")
+    cfg = sweep_config(ds)
+    index = _member_index(ds, cfg, coords)
+    values = {k: cfg.sweep[k][index[dim_name(k)]] for k in cfg.sweep}
+    mcfg = cfg.with_values(values)
+    if mcfg.task.name != cfg.task.name:   # pragma: no cover  (refused by build_config)
+        raise ValueError("a sweep trains one task")
+    sizes = member_sizes(mcfg, {k: np.asarray([mcfg.get(k)]) for k in member_keys(mcfg)})
+    sizes = {k: int(np.asarray(v).ravel()[0]) for k, v in sizes.items()}
+    padded = _padded_sizes(cfg)
+    model = make_model(mcfg, padded)
+    dtype = dtypes(mcfg)[0]
+    x0 = make_task(mcfg.task).init_input(dtype)
+    shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x0,
+                                               {k: jnp.int32(v) for k, v in sizes.items()})["params"])
+    sel = {d: i for d, i in index.items()}
+    leaves = []
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    for path, leaf in flat:
+        name = PARAM_PREFIX + jax.tree_util.keystr(path, simple=True, separator=".")
+        if name not in ds:
+            raise ValueError(f"the results hold no {name!r}: they were saved by another model structure")
+        arr = np.asarray(ds[name].isel(sel).values)
+        if arr.shape != tuple(leaf.shape):
+            raise ValueError(f"{name} is stored with shape {arr.shape}, the rebuilt module (padded to "
+                             f"{padded}) expects {tuple(leaf.shape)}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"member {coords} has non-finite parameters ({name}): it diverged or was not trained")
+        leaves.append(jnp.asarray(arr, leaf.dtype))
+    params = jax.tree_util.tree_unflatten(treedef, leaves)
+    labels = {d: ds[d].values[i].item() for d, i in index.items()}
+    return Member(labels, mcfg, sizes, padded, model, params)
+
+
+# ---- per-sample gradients ---------------------------------------------------------------------
+def _per_sample(apply_fn, params, x, y, loss_fn):
+    def loss_one(p, xi, yi):
+        return loss_fn(apply_fn(p, xi[None]), yi[None])[0]
+
+    def flat_grad(xi, yi):
+        return ravel_pytree(jax.grad(loss_one)(params, xi, yi))[0]
+
+    return jax.vmap(flat_grad)(x, y)
+
+
+_per_sample_jit = jax.jit(_per_sample, static_argnums=(0, 4))
+
+
+def per_sample_gradients(apply_fn: Callable, params: dict, x: jax.Array, y: jax.Array, loss_fn: Callable,
+                         chunk: int | None = None) -> jax.Array:
+    """Gradient of each sample's loss w.r.t. all parameters, flattened: (n_samples, n_params).
+
+    ``apply_fn(params, x_batch) -> outputs``; ``loss_fn(outputs, y_batch) -> per-example losses``. It is
+    ``jax.vmap`` of ``jax.grad`` over the samples, jitted (``apply_fn`` and ``loss_fn`` are static: pass
+    the same function objects to reuse the compilation). ``chunk``: samples per vmapped call (bounds
+    memory; None = all at once). Parameters are flattened in ``ravel_pytree`` order.
+    """
+    n = x.shape[0]
+    if not chunk or chunk >= n:
+        return _per_sample_jit(apply_fn, params, x, y, loss_fn)
+    parts = [_per_sample_jit(apply_fn, params, x[i:i + chunk], y[i:i + chunk], loss_fn) for i in range(0, n, chunk)]
+    return jnp.concatenate(parts, axis=0)
+
+
+# ---- clustering ------------------------------------------------------------------------------
+def gradient_affinity(grads: np.ndarray) -> np.ndarray:
+    """Affinity of per-sample gradients: each row scaled to unit L2 norm, cosines C, A = 1 - arccos(C) / pi
+    (in [0, 1]; 1 for parallel gradients, 1/2 for orthogonal ones, 0 for opposite ones)."""
+    g = np.asarray(grads, np.float64)
+    norms = np.linalg.norm(g, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError("a per-sample gradient is exactly zero: it has no direction")
+    g = g / norms
+    c = np.clip(g @ g.T, -1.0, 1.0)
+    return 1.0 - np.arccos(c) / np.pi
+
+
+def spectral_clusters(affinity: np.ndarray, k: int, n_init: int = 30, seed: int = 0) -> np.ndarray:
+    """Cluster labels (n,) from a precomputed affinity by spectral clustering (``n_init`` k-means inits)."""
+    from sklearn.cluster import SpectralClustering
+    n = affinity.shape[0]
+    if k < 1:
+        raise ValueError(f"clusters = {k}: need at least one cluster")
+    if k == 1:
+        return np.zeros(n, np.int64)
+    if n <= k:
+        raise ValueError(f"{n} samples cannot be split into {k} clusters")
+    sc = SpectralClustering(n_clusters=k, affinity="precomputed", n_init=n_init, random_state=seed,
+                            assign_labels="kmeans")
+    return np.asarray(sc.fit_predict(affinity), np.int64)
+
+
+def rank_frequency(labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """Cluster sizes sorted from largest to smallest, and the least-squares slope of log size vs log rank
+    (NaN with fewer than two clusters)."""
+    sizes = np.sort(np.bincount(np.asarray(labels)))[::-1]
+    sizes = sizes[sizes > 0]
+    if len(sizes) < 2:
+        return sizes, float("nan")
+    rank = np.arange(1, len(sizes) + 1)
+    slope = np.polyfit(np.log(rank), np.log(sizes), 1)[0]
+    return sizes, float(slope)
+
+
+# ---- QDG on a sweep member --------------------------------------------------------------------
+@dataclass
+class QDGResult:
+    """What :func:`qdg` found. :meth:`summary` is the JSON-serialisable part; the arrays are per kept sample."""
+    member: dict[str, Any]
+    n_drawn: int
+    n_kept: int
+    threshold: float
+    clusters: int
+    cluster_sizes: np.ndarray          # sorted, largest first (rank-frequency)
+    slope: float                       # log-log slope of cluster size vs rank
+    ari: float                         # adjusted Rand index of the clusters vs the true subtasks
+    labels: np.ndarray                 # cluster of each kept sample
+    subtasks: np.ndarray               # true subtask id of each kept sample
+    losses: np.ndarray                 # per-sample loss of each kept sample (task's unit)
+    contingency: np.ndarray            # (clusters, n_tasks) counts of kept samples
+    subtask_kept: np.ndarray           # (n_tasks,) kept samples of each subtask
+    subtask_drawn: np.ndarray          # (n_tasks,) drawn samples of each subtask
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """Plain-Python dict (JSON-serialisable)."""
+        f = lambda v: None if not np.isfinite(v) else float(v)
+        return {
+            "member": {k: (v.item() if hasattr(v, "item") else v) for k, v in self.member.items()},
+            "n_drawn": int(self.n_drawn), "n_kept": int(self.n_kept), "threshold": float(self.threshold),
+            "clusters": int(self.clusters), "cluster_sizes": [int(s) for s in self.cluster_sizes],
+            "rank_frequency_slope": f(self.slope), "adjusted_rand_index": f(self.ari),
+            "subtasks_present": int(np.count_nonzero(self.subtask_kept)),
+            "subtask_kept": [int(s) for s in self.subtask_kept],
+            "subtask_drawn": [int(s) for s in self.subtask_drawn],
+            "contingency": self.contingency.astype(int).tolist(),
+            **self.extra,
+        }
+
+    def to_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.summary(), indent=2))
+        return path
+
+
+def qdg(ds: xr.Dataset, member: dict | None = None, n_samples: int = 2000, clusters: int | None = None,
+        threshold: float = 0.1, seed: int = 0, n_init: int = 30, chunk: int = 1024,
+        align_labels: bool = False) -> QDGResult:
+    """Quanta discovery from gradients on one member of a ``sparse-parity`` sweep.
+
+    ``member``: its sweep coordinates (default :func:`default_member`: the widest member of the first
+    coordinates). Draws ``n_samples`` examples from the task with the member's ``zipf_exponent`` (key
+    ``seed``), keeps those with per-sample loss < ``threshold`` (in the task's unit, bits), clusters their
+    normalised per-sample gradients into ``clusters`` clusters (default: the number of distinct subtasks
+    among the kept samples, so the adjusted Rand index is scored at the true number of quanta) and scores
+    the clusters against the true subtask ids.
+
+    ``align_labels`` (not in the paper; default off): multiply each gradient by its label's sign (+1 for
+    parity 1, -1 for parity 0). With two classes the cross-entropy gradient is -p_wrong * s_y * d(logit_1 -
+    logit_0)/dtheta, so two samples of one subtask with opposite labels have nearly opposite gradients
+    and the paper's affinity splits every subtask by label; aligned, the gradients are those of each
+    sample's correct-class margin, and the clusters follow the subtasks much more closely (see the tests).
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    from sweepjax.models import dtypes
+    from sweepjax.tasks import make_task
+    m = member_model(ds, **(member if member is not None else default_member(ds)))
+    cfg = m.config
+    if cfg.task.name != "sparse-parity":
+        raise ValueError(f"qdg scores clusters against sparse-parity subtasks; these results are of task "
+                         f"{cfg.task.name!r}")
+    task = make_task(cfg.task)
+    dtype = dtypes(cfg)[0]
+    n_tasks = cfg.task.n_tasks
+    tm = {k.split(".", 1)[1]: jnp.asarray(cfg.get(k), dtype) for k in task.MEMBER_KEYS}
+    keys = jax.random.split(jax.random.key(seed), n_samples)
+    x, y = task.examples(keys, tm, dtype)
+    subtask = np.asarray(jnp.argmax(x[:, :n_tasks], axis=1))
+    apply_fn = m.apply
+    loss_fn = lambda out, yb: task.losses(out, yb, tm)
+    losses = np.asarray(jax.jit(lambda p, xb, yb: loss_fn(apply_fn(p, xb), yb))(m.params, x, y))
+    keep = np.flatnonzero(losses < threshold)
+    if len(keep) < 2:
+        raise ValueError(f"only {len(keep)} of {n_samples} samples have loss < {threshold}: member {m.coords} "
+                         f"predicts too little well for QDG")
+    grads = np.asarray(per_sample_gradients(apply_fn, m.params, x[keep], y[keep], loss_fn, chunk=chunk))
+    nonzero = np.linalg.norm(grads, axis=1) > 0   # a saturated sample (gradient underflowed to 0) has no direction
+    keep, grads = keep[nonzero], grads[nonzero]
+    if align_labels:
+        grads = grads * np.where(np.asarray(y)[keep] == 1, 1.0, -1.0)[:, None]
+    sub_kept = subtask[keep]
+    k = int(clusters) if clusters is not None else int(len(np.unique(sub_kept)))
+    labels = spectral_clusters(gradient_affinity(grads), k, n_init=n_init, seed=seed)
+    sizes, slope = rank_frequency(labels)
+    ari = float(adjusted_rand_score(sub_kept, labels))
+    cont = np.zeros((k, n_tasks), np.int64)
+    np.add.at(cont, (labels, sub_kept), 1)
+    return QDGResult(
+        member=m.coords, n_drawn=n_samples, n_kept=len(keep), threshold=threshold, clusters=k,
+        cluster_sizes=sizes, slope=slope, ari=ari, labels=labels, subtasks=sub_kept, losses=losses[keep],
+        contingency=cont, subtask_kept=np.bincount(sub_kept, minlength=n_tasks),
+        subtask_drawn=np.bincount(subtask, minlength=n_tasks),
+        extra={"n_params": int(grads.shape[1]), "zero_gradients_dropped": int(np.count_nonzero(~nonzero)),
+               "seed": int(seed), "align_labels": bool(align_labels)})
+
+
+def plot_rank_frequency(result: QDGResult, path: str | Path) -> Path:
+    """Log-log rank-frequency plot of the QDG cluster sizes with the fitted slope."""
+    from sweepjax.plots import plt, save
+    sizes = np.asarray(result.cluster_sizes, float)
+    rank = np.arange(1, len(sizes) + 1)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(rank, sizes, "o-", label="QDG clusters")
+    if np.isfinite(result.slope):
+        c = np.mean(np.log(sizes) - result.slope * np.log(rank))
+        ax.plot(rank, np.exp(c) * rank ** result.slope, "--", color="gray", label=f"fit: slope {result.slope:.2f}")
+    true = np.sort(result.subtask_kept[result.subtask_kept > 0])[::-1]
+    ax.plot(np.arange(1, len(true) + 1), true, "s", mfc="none", color="C1", label="true subtasks (kept samples)")
+    ax.set(xscale="log", yscale="log", xlabel="rank", ylabel="samples in cluster",
+           title=f"QDG rank-frequency, ARI {result.ari:.2f} ({result.n_kept} samples)")
+    ax.legend(fontsize=8)
+    return save(fig, Path(path))
+
+
+def run_qdg_cli(results_dir: str | Path, member: dict | None = None, clusters: int | None = None,
+                out_json: str | Path | None = None, plot_path: str | Path | None = None,
+                n_samples: int = 2000, threshold: float = 0.1, seed: int = 0, align_labels: bool = False) -> QDGResult:
+    """What ``sweepjax qdg RESULTS_DIR`` does: QDG on one member (``member`` values may be text, as
+    ``--member width=64`` gives them), the summary written to ``out_json`` (default ``RESULTS_DIR/qdg.json``)
+    and the rank-frequency figure to ``plot_path`` (default ``RESULTS_DIR/figures/qdg_rank_frequency.png``);
+    prints one line."""
+    from sweepjax import results
+    out = Path(results_dir)
+    ds = results.load(out)
+    base = out if out.is_dir() else out.parent
+    res = qdg(ds, member=member or None, clusters=clusters, n_samples=n_samples, threshold=threshold, seed=seed,
+              align_labels=align_labels)
+    out_json = Path(out_json) if out_json else base / "qdg.json"
+    plot_path = Path(plot_path) if plot_path else base / "figures" / "qdg_rank_frequency.png"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    res.to_json(out_json)
+    plot_rank_frequency(res, plot_path)
+    print(f"qdg {res.member}: {res.n_kept}/{res.n_drawn} samples kept, {res.clusters} clusters, "
+          f"ARI {res.ari:.3f}, rank-frequency slope {res.slope:.2f}; wrote {out_json} and {plot_path}")
+    return res
+
+
+def parse_members(items: list[str] | None) -> dict[str, str]:
+    """``["width=64", "seed=0"]`` -> ``{"width": "64", "seed": "0"}`` (values are parsed against the coordinates)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--member {item!r}: expected key=value")
+        k, v = (s.strip() for s in item.split("=", 1))
+        out[k] = v
+    return out
+
+
+__all__ = ["Member", "QDGResult", "member_model", "default_member", "sweep_config", "per_sample_gradients",
+           "gradient_affinity", "spectral_clusters", "rank_frequency", "qdg", "plot_rank_frequency",
+           "run_qdg_cli", "parse_members"]
+
