@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from sweepjax.config import (RESUME_SAFE_KEYS, Config, ConfigError, RunConfig, build_config, differences,
                              parse_override, read_toml)
-from sweepjax.files import (CHECKPOINT_DIR, CONFIG_FILE, FIGURES_DIR, FIT_FILE, RESULTS_FILE,
+from sweepjax.files import (CHECKPOINT_DIR, CONFIG_FILE, FIT_FILE, RESULTS_FILE,
                             atomic_write)
 
 if TYPE_CHECKING:
@@ -311,27 +311,27 @@ def task_floors(grid: Grid) -> dict[str, np.ndarray]:
 
 def analyse(out: Path, ds: xr.Dataset, run_cfg: RunConfig, log: TextIO | None = None,
             warn: TextIO | None = None) -> list[dict]:
-    """Width-scaling fit (saved as ``fit.json``) and figures, when the sweep has 3 or more widths.
+    """Width-scaling fit (saved as ``fit.json``, when the sweep has 3 or more widths), then the task's study
+    step (its ``STUDY`` module's ``analyse(ds, out, run_cfg, width_rows, log, warn)``: numbers and figures).
 
     Returns the fit rows (see :func:`sweepjax.analysis.scaling.width_scaling`); ``log`` receives the
     fitted exponents and the figure paths, ``warn`` the fit's warnings (``None``: silent).
     """
-    if "width" not in ds.dims or ds.sizes["width"] < 3:
-        return []
     import importlib
     import tomllib
 
-    from sweepjax.analysis.scaling import describe, width_scaling
     from sweepjax.tasks import TASKS, task_class
-    rows = width_scaling(ds, form=run_cfg.fit_form, n_boot=run_cfg.bootstrap, log=warn)
-    if log:
-        for row in rows:
-            print(describe(row), file=log)
-    atomic_write(Path(out) / FIT_FILE, lambda p: p.write_text(json.dumps(rows, indent=2)))
-    if run_cfg.figures:
-        name = tomllib.loads(ds.attrs.get("sweepjax_config", "")).get("task", {}).get("name", "regression-1d")
-        study = importlib.import_module(task_class(name).STUDY if name in TASKS else "sweepjax.analysis.lottery")
-        for path in study.make_figures(ds, rows, Path(out) / FIGURES_DIR):
-            if log:
-                print(f"figure: {path}", file=log)
+    name = tomllib.loads(ds.attrs.get("sweepjax_config", "")).get("task", {}).get("name", "regression-1d")
+    study = task_class(name).STUDY if name in TASKS else "sweepjax.analysis.lottery"
+    rows: list[dict] = []
+    if "width" in ds.dims and ds.sizes["width"] >= 3:
+        from sweepjax.analysis.scaling import describe, width_scaling
+        rows = width_scaling(ds, form=run_cfg.fit_form, n_boot=run_cfg.bootstrap, log=warn)
+        if log:
+            for row in rows:
+                print(describe(row), file=log)
+        atomic_write(Path(out) / FIT_FILE, lambda p: p.write_text(json.dumps(rows, indent=2)))
+    for path in importlib.import_module(study).analyse(ds, Path(out), run_cfg, rows, log=log, warn=warn):
+        if log:
+            print(f"wrote: {path}", file=log)
     return rows

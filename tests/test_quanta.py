@@ -10,6 +10,7 @@ import pytest
 import xarray as xr
 
 from sweepjax.analysis import quanta as q
+from sweepjax.config import build_config
 from sweepjax.fit import FitInputError
 
 N_TASKS = 32
@@ -176,13 +177,30 @@ def test_figures_written(tmp_path):
                    dim=xr.DataArray([1.4, 1.8], dims="zipf_exponent", name="zipf_exponent"))
     ds["final_test_loss"] = ds.final_test_loss * (1 + 0.01 * np.arange(3))   # seed spread for the bootstrap
     ds.attrs["sweepjax_config"] = config(None)
-    paths = q.make_figures(ds, None, tmp_path / "figures", n_boot=50, log=io.StringIO())
+    run_cfg = build_config({"run": {"bootstrap": 50}}).run
+    log = io.StringIO()
+    paths = q.analyse(ds, tmp_path, run_cfg, [], log=log, warn=io.StringIO())
     names = sorted(p.name for p in paths)
     assert names == ["quanta.json", "quanta_convergence.png", "quanta_emergence_eval_step.png",
                      "quanta_emergence_width.png", "quanta_exponents.png", "quanta_laws.png"]
+    assert "alpha_N" in log.getvalue()
+    no_figures = build_config({"run": {"bootstrap": 50, "figures": False}}).run
+    assert [p.name for p in q.analyse(ds, tmp_path / "n", run_cfg=no_figures, width_rows=[])] == ["quanta.json"]
     for p in paths:
         assert p.stat().st_size > (10_000 if p.suffix == ".png" else 100), p
     report = json.loads((tmp_path / "quanta.json").read_text())
     assert {r["kind"] for r in report["scaling"]} >= {"N"} and report["learned"] and report["convergence"]
     with pytest.raises(ValueError):
         q.plot_emergence(ds, tmp_path / "x.png", over="seed")
+
+
+def test_spearman_sees_a_rare_subtask_learned_before_frequent_ones():
+    """Subtasks 0, 1 and 7 learned (in frequency order among themselves), 2..6 never: not in order."""
+    ds = subtask_results(zipf=1.4)
+    ordered = q.convergence_steps(ds)[0]["spearman"]
+    widest = dict(width=128)
+    sub = ds["subtask_loss"].loc[widest].values
+    sub[..., 2:7] = 1.0                                            # the frequent 2..6 never learned
+    ds["subtask_loss"].loc[widest] = sub
+    gap = q.convergence_steps(ds)[0]
+    assert ordered > 0.99 and gap["spearman"] < 0.9 * ordered, (ordered, gap["spearman"])

@@ -106,3 +106,20 @@ def test_exponent_inside_one_program_equals_it_without_the_other():
     np.testing.assert_array_equal(m.test_loss.values, alone.test_loss[0])
     np.testing.assert_array_equal(m.subtask_loss.values, alone.records["subtask_loss"][0])
     assert not np.array_equal(m.test_loss.values, swept.test_loss.sel(zipf_exponent=1.2, width=16).values)
+
+
+def test_subsets_are_distinct_and_rare_subtasks_are_drawn_exactly():
+    """Every subtask has its own subset (3 bits, k = 2: all C(3, 2) = 3 subsets; a 4th subtask is refused);
+    with 500 subtasks at exponent 1.8 the rarest ones are drawn at their p_i (float32 tail sums, 46-bit u)."""
+    assert sorted(map(tuple, task(n_tasks=3, n_bits=3, k=2, test_size=300).subsets)) == [(0, 1), (0, 2), (1, 2)]
+    with pytest.raises(ConfigError, match=r"^task.n_tasks = 4 > C\(n_bits, k\) = 3"):
+        build_config({"task": {**TASK, "n_tasks": 4, "n_bits": 3, "k": 2}})
+    t = task(n_tasks=500, n_bits=100, test_size=500)
+    n = 2_000_000
+    ids, _ = jax.jit(lambda k: t._draw(k, (n,), jnp.float32(1.8)))(jax.random.key(0))
+    counts = np.bincount(np.asarray(ids), minlength=500)
+    p = np.arange(1, 501, dtype=float) ** -1.8
+    p /= p.sum()
+    rare = slice(400, 500)   # 100 rarest: together ~0.4% of draws
+    assert abs(counts[rare].sum() - n * p[rare].sum()) < 4 * np.sqrt(n * p[rare].sum())
+    assert np.abs((counts - n * p) / np.sqrt(n * p)).max() < 5

@@ -11,6 +11,7 @@ import xarray as xr
 from sweepjax.analysis.ensemble import ensemble_vs_wide
 from sweepjax.analysis.mirror import mirror_distances
 from sweepjax.analysis.scaling import plot_scaling, slice_name, slices
+from sweepjax.files import FIGURES_DIR
 
 
 def plot_histogram(ds: xr.Dataset, path: Path, width: int = 2) -> Path:
@@ -94,3 +95,8 @@ def make_figures(ds: xr.Dataset, rows: list[dict], outdir: str | Path) -> list[P
         act = {"activation": "silu"} if "activation" in ds.dims and "silu" in ds["activation"].values else {}
         made.append(plot_mirror(ds, outdir / "mirror_pairs.png", **act))
     return made
+
+
+def analyse(ds: xr.Dataset, out: str | Path, run_cfg, width_rows: list[dict], log=None, warn=None) -> list[Path]:
+    """The study's step after a run (the task's ``STUDY``): its figures, when ``run.figures``."""
+    return make_figures(ds, width_rows, Path(out) / FIGURES_DIR) if run_cfg.figures else []

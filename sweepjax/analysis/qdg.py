@@ -291,11 +291,14 @@ def qdg(ds: xr.Dataset, member: dict | None = None, n_samples: int = 2000, clust
 
     from sweepjax.models import dtypes
     from sweepjax.tasks import make_task
-    m = member_model(ds, **(member if member is not None else default_member(ds)))
+    name = tomllib.loads(ds.attrs.get("sweepjax_config", "")).get("task", {}).get("name", "regression-1d")
+    if name != "sparse-parity":
+        raise ValueError(f"qdg scores clusters against sparse-parity subtasks; these results are of task {name!r}")
+    if n_samples < 2:
+        raise ValueError(f"n_samples = {n_samples}: QDG clusters at least 2 samples")
+    # Dims not given default to the widest member's first coordinates.
+    m = member_model(ds, **{**default_member(ds), **{dim_name(k): v for k, v in (member or {}).items()}})
     cfg = m.config
-    if cfg.task.name != "sparse-parity":
-        raise ValueError(f"qdg scores clusters against sparse-parity subtasks; these results are of task "
-                         f"{cfg.task.name!r}")
     task = make_task(cfg.task)
     dtype = dtypes(cfg)[0]
     n_tasks = cfg.task.n_tasks

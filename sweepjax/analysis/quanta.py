@@ -37,7 +37,7 @@ import xarray as xr
 
 from sweepjax import fit as fitting
 from sweepjax.fit.inputs import FitInputError, reduce_runs
-from sweepjax.files import atomic_write
+from sweepjax.files import FIGURES_DIR, atomic_write
 from sweepjax.fit.io import Slice, slice_name, sweep_slices
 
 __all__ = ["PAPER", "convergence_steps", "d_scaling", "describe", "frequencies", "learned", "learned_counts",
@@ -214,7 +214,7 @@ def s_scaling(ds: xr.Dataset, n_boot: int = 1000, level: float = 0.95, *, form: 
               window: tuple[float | None, float | None] | None = None, width: int | None = None,
               seed: int = 0, log: TextIO | None = sys.stderr) -> list[dict]:
     """alpha_S: the median over seeds of the ``test_loss`` curve vs ``eval_step`` (steps > 0) of the widest
-    member (or ``width``), fitted in ``window`` = (first, last) step (None: no bound; the paper fitted
+    member (or ``width``; with a dataset_size axis, fresh data D = 0 if swept, else the largest D), fitted in ``window`` = (first, last) step (None: no bound; the paper fitted
     steps 500 .. 15,000 of 200,000, after the initial plateau). Rows as :func:`n_scaling` with ``kind``
     "S", theory alpha / (alpha + 1), and ``width`` (the member's width, None when width is not swept)."""
     if "eval_step" not in ds.dims or int(np.sum(ds["eval_step"].values > 0)) < 2:
@@ -223,6 +223,10 @@ def s_scaling(ds: xr.Dataset, n_boot: int = 1000, level: float = 0.95, *, form: 
     if "width" in ds.dims:
         w = int(ds["width"].max()) if width is None else int(width)
         ds, extra = ds.sel(width=w), {"width": w}
+    if "dataset_size" in ds.dims:   # fresh data (D = 0) if swept, else the largest set: a fixed set overfits
+        sizes = ds["dataset_size"].values
+        d = 0 if 0 in sizes else int(sizes.max())
+        ds, extra = ds.sel(dataset_size=d), {**extra, "dataset_size": d}
     ds = ds.isel(eval_step=np.flatnonzero(ds["eval_step"].values > 0))
     return _law(ds, "S", window, form, n_boot, seed, level, log, extra)
 
@@ -333,8 +337,9 @@ def convergence_steps(ds: xr.Dataset, threshold: float = 0.1, width: int | None 
     ``steps`` (per subtask, most frequent first), ``frequencies`` (p_k), ``n_learned``, ``slope``
     (least-squares slope of log step vs log p_k over the learned subtasks with step > 0; the paper:
     -0.81, the naive theory -1) and ``n_fitted``, ``theory``, ``paper``, ``spearman`` / ``spearman_p``
-    (Spearman rank correlation of frequency rank with learning step among learned subtasks: +1 when
-    they are learned in order of frequency; None with fewer than two, or when all tie), ``note``.
+    (Spearman rank correlation of frequency rank with learning step over the subtasks up to the rarest
+    learned one, unlearned ones counting as learned last: +1 when they are learned in order of frequency;
+    None with fewer than two learned, or when all tie), ``note``.
     """
     from scipy.stats import spearmanr
     sub = ds["subtask_loss"].where(~_diverged(ds), np.inf)
@@ -364,9 +369,12 @@ def convergence_steps(ds: xr.Dataset, threshold: float = 0.1, width: int | None 
             row.update(slope=_slope(p[fit], first[fit]), n_fitted=int(fit.sum()))
         else:
             row["note"] = "no slope: fewer than two subtasks learned after step 0 (or no zipf_exponent)"
-        rank = np.arange(n_tasks)
-        if got.sum() >= 2 and len(np.unique(first[got])) > 1:
-            res = spearmanr(rank[got], first[got])
+        # Over the subtasks up to the rarest learned one, an unlearned subtask counting as learned last
+        # (tied): a rare subtask learned while more frequent ones are not lowers the score.
+        upto = int(np.flatnonzero(got).max()) + 1 if got.any() else 0
+        order = np.where(got, first, np.inf)[:upto]
+        if got.sum() >= 2 and len(np.unique(order)) > 1:
+            res = spearmanr(np.arange(upto), order)
             row.update(spearman=_num(res.statistic), spearman_p=_num(res.pvalue))
         rows.append(row)
     return rows
@@ -565,36 +573,54 @@ def plot_convergence(rows: list[dict], path: Path) -> Path:
     return save(fig, path)
 
 
-def make_figures(ds: xr.Dataset, width_rows: list[dict] | None, outdir: str | Path, n_boot: int = 200,
-                 threshold: float = 0.1, log: TextIO | None = sys.stderr) -> list[Path]:
-    """Write the figures the Dataset supports into ``outdir``, and the study's fits (N/D/S rows, subtasks
-    learned, convergence steps) as ``quanta.json`` beside it; returns the paths. ``width_rows`` (the
-    generic width fit, the study protocol's argument) is not used: the N fit here is against n_params.
-
-    ``quanta_exponents.png`` and ``quanta_laws.png`` (the N / D / S fits that can be made: N needs a width
-    sweep, D a dataset_size sweep, S curves), ``quanta_emergence_<over>.png`` (over width and
-    dataset_size when swept, over eval_step always) and ``quanta_convergence.png`` (when some subtask is
-    learned after step 0)."""
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+def summarize(ds: xr.Dataset, n_boot: int = 1000, threshold: float = 0.1,
+              log: TextIO | None = sys.stderr) -> dict:
+    """The study's numbers: ``scaling`` (the N / D / S fits the sweep supports: N needs a width sweep,
+    D a dataset_size sweep, S curves), ``learned`` (subtasks learned vs N and D) and ``convergence``."""
     rows: list[dict] = []
     for func in (n_scaling, d_scaling, s_scaling):
         try:
             rows += func(ds, n_boot=n_boot, log=log)
         except FitInputError:
             pass   # not supported by this sweep
-    summary = {"scaling": rows, "learned": learned(ds, threshold, n_boot=n_boot),
-               "convergence": convergence_steps(ds, threshold) if "subtask_loss" in ds else []}
-    report = out.parent / "quanta.json"
-    atomic_write(report, lambda p: p.write_text(json.dumps(summary, indent=2)))
-    paths = [report]
+    has_subtasks = "subtask_loss" in ds
+    return {"scaling": rows, "learned": learned(ds, threshold, n_boot=n_boot) if has_subtasks else [],
+            "convergence": convergence_steps(ds, threshold) if has_subtasks else []}
+
+
+def make_figures(ds: xr.Dataset, outdir: str | Path, summary: dict | None = None, threshold: float = 0.1) -> list[Path]:
+    """Write the figures the Dataset supports into ``outdir``; returns their paths. ``summary``: the
+    :func:`summarize` of ``ds`` (computed with 200 resamples if not given).
+
+    ``quanta_exponents.png`` and ``quanta_laws.png`` (when a fit was made), ``quanta_emergence_<over>.png``
+    (over width and dataset_size when swept, over eval_step always) and ``quanta_convergence.png`` (when
+    some subtask is learned after step 0)."""
+    summary = summary or summarize(ds, n_boot=200, threshold=threshold, log=None)
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, paths = summary["scaling"], []
     if any(r["alpha"] is not None for r in rows):
         paths += [plot_exponents(rows, out / "quanta_exponents.png"), plot_laws(rows, out / "quanta_laws.png")]
     if "subtask_loss" in ds:
         for over in ("width", "dataset_size", "eval_step"):
             if over == "eval_step" or _swept(ds, over, positive=over == "dataset_size"):
                 paths.append(plot_emergence(ds, out / f"quanta_emergence_{over}.png", over, threshold))
-        conv = convergence_steps(ds, threshold)
-        if any(r["slope"] is not None for r in conv):
-            paths.append(plot_convergence(conv, out / "quanta_convergence.png"))
+        if any(r["slope"] is not None for r in summary["convergence"]):
+            paths.append(plot_convergence(summary["convergence"], out / "quanta_convergence.png"))
     return paths
+
+
+def analyse(ds: xr.Dataset, out: str | Path, run_cfg, width_rows: list[dict], log: TextIO | None = None,
+            warn: TextIO | None = None) -> list[Path]:
+    """The study's step after a run (the task's ``STUDY``): :func:`summarize` with ``run.bootstrap``
+    resamples, printed to ``log`` and written to ``quanta.json``, then the figures when ``run.figures``.
+    ``width_rows`` (the generic width fit) is not used: the N fit here is against n_params."""
+    summary = summarize(ds, n_boot=run_cfg.bootstrap, log=warn)
+    if log:
+        for part in summary.values():
+            if part:
+                print(describe(part), file=log)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    report = Path(out) / "quanta.json"
+    atomic_write(report, lambda p: p.write_text(json.dumps(summary, indent=2)))
+    return [report] + (make_figures(ds, Path(out) / FIGURES_DIR, summary) if run_cfg.figures else [])

@@ -26,8 +26,8 @@ A task is one module with one class deriving from :class:`Task`, named in
 * ``RECORDS`` / :meth:`records`: what else it measures at every evaluation (name -> dims).
 * ``PREDICTIONS`` (scalar outputs that ``eval.save_predictions`` may keep) and :meth:`samples` (False
   for a setting with its own fixed full batch, where ``dataset_size`` is ignored);
-* ``STUDY``: the analysis module whose ``make_figures(ds, fit_rows, outdir)`` makes the study's figures
-  after a run (and ``sweepjax plot``).
+* ``STUDY``: the analysis module whose ``analyse(ds, out, run_cfg, width_rows, log, warn)`` writes the
+  study's numbers and figures after a run (and ``sweepjax plot``).
 
 Adding a task is one new module plus one line in ``TASKS``.
 """
@@ -57,7 +57,7 @@ class Task:
     LOSS_UNIT: str = "nats"
     RECORDS: dict[str, tuple[str, ...]] = {}    # extra per-evaluation results: name -> its own dims
     PREDICTIONS: bool = False                  # eval.save_predictions keeps outputs on the test set (scalar outputs)
-    STUDY: str = "sweepjax.analysis.lottery"   # module whose make_figures(ds, fit_rows, outdir) runs after a sweep
+    STUDY: str = "sweepjax.analysis.lottery"   # module whose analyse(ds, out, run_cfg, width_rows, log, warn) runs after a sweep
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg

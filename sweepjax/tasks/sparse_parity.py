@@ -21,6 +21,7 @@ evaluation. Labels are deterministic, so the loss floor is 0.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
@@ -66,13 +67,19 @@ class SparseParity(Task):
     def __init__(self, cfg: Keys):
         super().__init__(cfg)
         rng = np.random.default_rng(cfg.subsets_seed)
-        self._subsets = np.stack([rng.choice(cfg.n_bits, cfg.k, replace=False) for _ in range(cfg.n_tasks)])
+        subsets: dict[tuple, None] = {}      # distinct subsets, in the order drawn (redraw a repeat)
+        while len(subsets) < cfg.n_tasks:
+            subsets.setdefault(tuple(sorted(rng.choice(cfg.n_bits, cfg.k, replace=False).tolist())))
+        self._subsets = np.array(list(subsets), np.int64)
 
     @classmethod
     def check(cls, cfg: Config) -> None:
         c = cfg.task
         if c.k > c.n_bits:
             raise ConfigError(f"task.k = {c.k} > task.n_bits = {c.n_bits}: a subset has k distinct bits")
+        if c.n_tasks > math.comb(c.n_bits, c.k):
+            raise ConfigError(f"task.n_tasks = {c.n_tasks} > C(n_bits, k) = {math.comb(c.n_bits, c.k)}: every subtask "
+                              f"needs its own subset of k bits")
         if c.test_size % c.n_tasks:
             raise ConfigError(f"task.test_size = {c.test_size} with task.n_tasks = {c.n_tasks}: the test set "
                               f"holds test_size / n_tasks examples of each subtask; use a multiple of n_tasks")
@@ -97,11 +104,18 @@ class SparseParity(Task):
         return x, label.astype(jnp.int32)
 
     def _draw(self, key: jax.Array, shape: tuple[int, ...], exponent: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Task ids (``shape``) by inverse CDF of the member's frequencies (one uniform each), and bits
-        (``shape`` + (n_bits,)) unpacked from 32-bit random words (one word per 32 bits)."""
+        """Task ids (``shape``) and bits (``shape`` + (n_bits,), unpacked from 32-bit random words).
+
+        The task id is drawn exactly in float32, also for rare subtasks: with tail sums S_i = sum_{j >= i} p_j
+        (S_0 = 1, accurate to float32 relative rounding however small) and u uniform on [0, 1) with 46 random
+        bits (two words, so u keeps relative precision near 0), task i is the one with S_{i+1} <= u < S_i."""
         kt, kb = jax.random.split(key)
-        cdf = jnp.cumsum(frequencies(self.cfg.n_tasks, exponent))
-        task = jnp.minimum(jnp.searchsorted(cdf, jax.random.uniform(kt, shape), side="right"), self.cfg.n_tasks - 1)
+        p = frequencies(self.cfg.n_tasks, exponent)
+        tail = jnp.cumsum(p[::-1])[::-1]
+        tail = tail / tail[0]
+        words = jax.random.bits(kt, shape + (2,), jnp.uint32) >> 9          # two 23-bit integers
+        u = words[..., 0].astype(jnp.float32) * 2.0**-23 + words[..., 1].astype(jnp.float32) * 2.0**-46
+        task = jnp.clip(jnp.sum(tail > u[..., None], axis=-1) - 1, 0, self.cfg.n_tasks - 1)
         j = jnp.arange(self.cfg.n_bits)
         words = jax.random.bits(kb, shape + (-(-self.cfg.n_bits // 32),), jnp.uint32)
         bits = (words[..., j // 32] >> (j % 32).astype(jnp.uint32)) & 1
