@@ -45,6 +45,7 @@ ADAMW = {"train.optimizer": "adamw"}
 LBFGS = {**GRID, "train.optimizer": "lbfgs", **swept({"train.seed": range(8)})}
 ROTARY = {**TRANSFORMER, "model.positions": "rotary"}
 MUP = {**TRANSFORMER, "model.parameterization": "mup"}
+SPARSE = {"task.name": "sparse-parity", "task.n_tasks": 4, "task.n_bits": 6}   # test_size 8: 2 per subtask
 
 # key -> (base where it acts, a non-default value[, keys that must change with it]): the run differs from the base's.
 CHECKED: dict[str, tuple] = {
@@ -96,12 +97,17 @@ CHECKED: dict[str, tuple] = {
     "train.decay_all": ({**ADAMW, "train.weight_decay": 0.5}, True),
     "eval.points": (MLP, 3),
     "eval.every": (MLP, 1),
+    "task.n_tasks": (SPARSE, 2),
+    "task.n_bits": (SPARSE, 5),
+    "task.k": (SPARSE, 2),
+    "task.subsets_seed": (SPARSE, 1),
 }
 # Per-member keys, checked inside one program per base: (base, {key: [first value, other value]}).
 MEMBER_SWEEPS = [
     (MLP, {"train.seed": [0, 1], "task.data_seed": [-1, 7], "train.lr": [1e-2, 3e-2], "model.width": [4, 3, 2],
            "model.depth": [1, 2], "task.dataset_size": [0, 3]}),
     (TRANSFORMER, {"model.heads": [1, 2], "model.mlp_ratio": [1, 2]}),
+    (SPARSE, {"task.zipf_exponent": [1.4, 0.5]}),
 ]
 # Keys that add result variables (checked together in one run): key -> a variable it adds.
 ADDS_VARIABLE = {"eval.save_predictions": "predictions", "eval.save_params": "param.w_in",
