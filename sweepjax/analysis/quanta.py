@@ -35,8 +35,8 @@ from typing import TextIO
 import numpy as np
 import xarray as xr
 
-from sweepjax import fit as fitting
 from sweepjax.fit.inputs import FitInputError, reduce_runs
+from sweepjax.analysis.scaling import fit_medians
 from sweepjax.files import FIGURES_DIR, atomic_write
 from sweepjax.fit.io import Slice, slice_name, sweep_slices
 
@@ -154,17 +154,7 @@ def _fit_row(part: Slice, kind: str, ds: xr.Dataset, form: str, n_boot: int, see
            "diverged_per_size": np.isposinf(loss).sum(axis=0).tolist(), "unfitted_sizes": x[~ok].tolist(),
            "n_below_floor": part.n_below_floor, "params": {}, "alpha": None, "alpha_ci": None,
            "boot_failed": 0, "level": level, "converged": False, "note": ""}
-    try:
-        res = fitting.fit(x[ok], med[ok], form=form)
-    except FitInputError as err:
-        row["note"] = f"no fit: {err}"
-        return row
-    row.update(params={k: float(v) for k, v in res.params.items()}, alpha=float(res.params["alpha"]),
-               converged=bool(res.converged))
-    if n_boot and loss.shape[0] > 1:
-        boot = fitting.bootstrap(x, loss, form=form, n_resamples=n_boot, seed=seed, level=level, reduce="median")
-        row.update(alpha_ci=[float(v) for v in boot.ci("alpha")], boot_failed=n_boot - boot.n_valid)
-    return row
+    return {**row, **fit_medians(x, loss, form, n_boot, seed, level)}
 
 
 def _law(ds: xr.Dataset, kind: str, window, form: str, n_boot: int, seed: int, level: float,

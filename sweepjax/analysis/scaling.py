@@ -75,17 +75,25 @@ def _fit_row(part: Slice, form: str, n_boot: int, seed: int, level: float) -> di
            "diverged_per_width": np.isposinf(loss).sum(axis=0).tolist(),
            "unfitted_widths": x[~ok].tolist(), "n_below_floor": part.n_below_floor, "params": {},
            "alpha": None, "alpha_ci": None, "boot_failed": 0, "level": level, "converged": False, "note": ""}
+    return {**row, **fit_medians(x, loss, form, n_boot, seed, level)}
+
+
+def fit_medians(x: np.ndarray, loss: np.ndarray, form: str, n_boot: int, seed: int, level: float) -> dict:
+    """Fit ``form`` to the median over runs of ``loss`` (runs, sizes) at the sizes where it is finite, and
+    bootstrap the exponent over runs: ``params``, ``alpha``, ``converged``, ``alpha_ci``, ``boot_failed``,
+    or ``note`` (why there is no fit)."""
+    med = reduce_runs(loss, "median")
+    ok = np.isfinite(med)
     try:
         res = fitting.fit(x[ok], med[ok], form=form)
     except fitting.FitInputError as err:
-        row["note"] = f"no fit: {err}"
-        return row
-    row.update(params={k: float(v) for k, v in res.params.items()}, alpha=float(res.params["alpha"]),
-               converged=bool(res.converged))
+        return {"note": f"no fit: {err}"}
+    out = {"params": {k: float(v) for k, v in res.params.items()}, "alpha": float(res.params["alpha"]),
+           "converged": bool(res.converged)}
     if n_boot and loss.shape[0] > 1:
         boot = fitting.bootstrap(x, loss, form=form, n_resamples=n_boot, seed=seed, level=level, reduce="median")
-        row.update(alpha_ci=tuple(float(v) for v in boot.ci("alpha")), boot_failed=n_boot - boot.n_valid)
-    return row
+        out.update(alpha_ci=tuple(float(v) for v in boot.ci("alpha")), boot_failed=n_boot - boot.n_valid)
+    return out
 
 
 def describe(row: dict) -> str:
