@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,15 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
         if name in ds:
             ds[name].attrs["description"] = text
     return ds
+
+
+def saved_task(ds: xr.Dataset) -> dict:
+    """The ``[task]`` table of the resolved config the results carry (``{}`` when there is none or it is
+    not TOML): ``saved_task(ds).get("name")`` is the task the sweep trained."""
+    try:
+        return dict(tomllib.loads(ds.attrs.get("sweepjax_config", "")).get("task", {}))
+    except tomllib.TOMLDecodeError:
+        return {}
 
 
 def save_config(cfg: Config, out: str | Path) -> None:

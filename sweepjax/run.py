@@ -318,10 +318,10 @@ def analyse(out: Path, ds: xr.Dataset, run_cfg: RunConfig, log: TextIO | None = 
     fitted exponents and the figure paths, ``warn`` the fit's warnings (``None``: silent).
     """
     import importlib
-    import tomllib
 
+    from sweepjax.results import saved_task
     from sweepjax.tasks import TASKS, task_class
-    name = tomllib.loads(ds.attrs.get("sweepjax_config", "")).get("task", {}).get("name", "regression-1d")
+    name = saved_task(ds).get("name", "regression-1d")
     study = task_class(name).STUDY if name in TASKS else "sweepjax.analysis.lottery"
     rows: list[dict] = []
     if "width" in ds.dims and ds.sizes["width"] >= 3:

@@ -30,6 +30,7 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from sweepjax.config import Config, build_config, dim_name, member_keys
+from sweepjax.results import saved_task
 
 PARAM_PREFIX = "param."
 
@@ -291,7 +292,7 @@ def qdg(ds: xr.Dataset, member: dict | None = None, n_samples: int = 2000, clust
 
     from sweepjax.models import dtypes
     from sweepjax.tasks import make_task
-    name = tomllib.loads(ds.attrs.get("sweepjax_config", "")).get("task", {}).get("name", "regression-1d")
+    name = saved_task(ds).get("name", "regression-1d")
     if name != "sparse-parity":
         raise ValueError(f"qdg scores clusters against sparse-parity subtasks; these results are of task {name!r}")
     if n_samples < 2:

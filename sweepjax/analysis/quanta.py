@@ -28,7 +28,6 @@ import dataclasses
 import itertools
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import TextIO
 
@@ -38,6 +37,7 @@ import xarray as xr
 from sweepjax.fit.inputs import FitInputError, reduce_runs
 from sweepjax.analysis.scaling import fit_medians
 from sweepjax.files import FIGURES_DIR, atomic_write
+from sweepjax.results import saved_task
 from sweepjax.fit.io import Slice, slice_name, sweep_slices
 
 __all__ = ["PAPER", "convergence_steps", "d_scaling", "describe", "frequencies", "learned", "learned_counts",
@@ -69,13 +69,7 @@ def _num(v) -> float | None:
 
 def task_keys(ds: xr.Dataset) -> dict:
     """The ``[task]`` table of the resolved config the results carry (``{}`` when there is none)."""
-    text = ds.attrs.get("sweepjax_config")
-    if not text:
-        return {}
-    try:
-        return dict(tomllib.loads(text).get("task", {}))
-    except tomllib.TOMLDecodeError:
-        return {}
+    return saved_task(ds)
 
 
 def _zipf(ds: xr.Dataset, sel: dict) -> float | None:
