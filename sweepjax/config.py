@@ -47,6 +47,10 @@ class ModelConfig:
     norm: str = "none"               # "none", "rmsnorm" or "layernorm" (pre-norm, statistics over active units only)
     depth_scaling: str = "none"      # residual blocks: "none" or "inv_sqrt" (branch * 1/sqrt(true depth))
     init: str = "torch"              # mlp: "torch" = U(+-1/sqrt(fan_in)) weights and biases; "normal" = N(0, 1/fan_in), zero biases
+    input: str = "affine"            # residual mlp: "affine" (h0 = W x + b) or "none" (h0 = norm(x): no input
+                                     # layer, width = the task's input size)
+    head: str = "affine"             # mlp readout: "affine" (W h + b), "linear" (W h, no bias) or "none" (the
+                                     # outputs are the final normed stream: width = the task's output size)
     # transformer only
     heads: int = 4                   # attention heads (ignored when head_size > 0)
     head_size: int = 0               # > 0: fixed head size, heads = width / head_size; 0: head size = width / heads
@@ -95,6 +99,8 @@ class EvalConfig:
     save_params: bool = False        # keep each member's final parameters (padded, zeros outside true size)
     activations: bool = False        # record activation sizes (RMS over active units, on the test set) at each evaluation
     every: int = 0                   # > 0: also evaluate every this many steps (dense enough for best_test_loss)
+    layers: str = "off"              # residual mlp: layer measures of the stream (angles, norms, per-layer loss) on
+                                     # a probe batch: "off", "final" (each member's last step) or "every" evaluation
 
 
 @dataclass
@@ -127,11 +133,14 @@ CHOICES: dict[str, tuple[str, ...]] = {   # task.name: any name in sweepjax.task
     "model.parameterization": ("sp", "mup"),
     "model.depth_scaling": ("none", "inv_sqrt"),
     "model.init": ("torch", "normal"),
+    "model.input": ("affine", "none"),
+    "model.head": ("affine", "linear", "none"),
     "train.optimizer": ("adam", "adamw", "sgd", "lbfgs"),
     "train.schedule": ("constant", "cosine", "warmup_cosine", "linear", "wsd"),
     "train.precision": ("float32", "float64", "bf16"),
     "run.fit_form": ("power_law", "power_law_offset"),
     "model.zero_init": ("proj", "head"),     # a list of these
+    "eval.layers": ("off", "final", "every"),
 }
 
 # Lower bounds of numeric keys: (bound, inclusive).
@@ -399,7 +408,14 @@ def build_config(raw: dict, overrides: list[tuple[str, Any]] = (), name: str = "
             raise _fail(what, table, "must be a table ([section])")
     values = _flatten(raw)
     for key, value in (list(_flatten(cpu_raw).items()) if on_cpu else []) + list(overrides):
-        if key.startswith("sweep."):
+        if key.startswith("sweep.") and value == []:   # drop the axis (from [on_cpu] or --set only)
+            dropped = key[len("sweep."):]
+            flat = _flatten(sweep_raw)
+            if dropped not in flat:
+                raise ConfigError(f"{key} = []: drops a sweep axis, but the sweep has no axis {dropped!r} "
+                                  f"(axes: {', '.join(flat) or 'none'})")
+            sweep_raw = {k: v for k, v in flat.items() if k != dropped}
+        elif key.startswith("sweep."):
             sweep_raw = {**sweep_raw, key[len("sweep."):]: value}
         else:
             values[key] = value
@@ -473,6 +489,7 @@ def _check_family(cfg: Config) -> None:
         if "head" in zero and axis(cfg, "model.family") == ["transformer"] and axis(cfg, "model.tie_embeddings") == [True]:
             raise ConfigError(f"model.zero_init = {zero} with model.tie_embeddings = true: the readout is the "
                               f"token embedding; a zero head would zero the embeddings too (drop 'head')")
+    _check_mlp_io(cfg)
     if "transformer" not in axis(cfg, "model.family"):
         return
     if "mup" in axis(cfg, "model.parameterization"):
@@ -493,6 +510,27 @@ def _check_family(cfg: Config) -> None:
             if rotary and size % 2:
                 raise ConfigError(f"model.positions = 'rotary' with head size {size} (width {width}): rotary "
                                   f"positions need an even head size")
+
+
+def _check_mlp_io(cfg: Config) -> None:
+    """An MLP without input layer or head keeps the task's vector sizes as its stream width."""
+    from sweepjax.tasks import task_class
+    if "mlp" not in axis(cfg, "model.family"):
+        return
+    io = task_class(cfg.task.name).model_io(cfg.task)
+    for key, size, what in (("model.input", "in_dim", "input"), ("model.head", "out_dim", "output")):
+        if "none" not in axis(cfg, key):
+            continue
+        for width in axis(cfg, "model.width"):
+            if width != io[size]:
+                raise ConfigError(f"{key} = 'none' with model.width = {width}: without that layer the stream is "
+                                  f"the task's {what} of size {io[size]}; set model.width = {io[size]}")
+        if False in axis(cfg, "model.residual"):
+            raise ConfigError(f"{key} = 'none' with model.residual = false: only the residual MLP (a stream of "
+                              f"fixed width) can do without it")
+    for zero in axis(cfg, "model.zero_init"):
+        if "head" in zero and "none" in axis(cfg, "model.head"):
+            raise ConfigError(f"model.zero_init = {zero} with model.head = 'none': there is no head to zero")
 
 
 # ---- keys that act only in some configs (DESIGN invariant 5: a key does what it says or is refused) ----
@@ -522,6 +560,9 @@ _LBFGS: Condition = {"train.optimizer": ("lbfgs",)}
 APPLIES: dict[str, tuple[Condition, ...]] = {
     "model.residual": (_MLP,),
     "model.init": (_MLP,),
+    "model.input": (_RESIDUAL_MLP,),
+    "model.head": (_MLP,),
+    "eval.layers": (_RESIDUAL_MLP,),
     **{f"model.{k}": (_RESIDUAL_MLP, _TRANSFORMER) for k in ("mlp_ratio", "norm", "depth_scaling")},
     **{f"model.{k}": (_TRANSFORMER,) for k in ("head_size", "positions", "tie_embeddings", "parameterization")},
     "model.heads": ({**_TRANSFORMER, "model.head_size": (0,)},),

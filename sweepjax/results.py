@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from sweepjax.analysis.depth import LAYER_METRICS
 from sweepjax.config import Config, axis, dim_name, to_toml
 from sweepjax.engine.train import GroupOutput
 from sweepjax.files import CONFIG_FILE, MANIFEST_FILE, RESULTS_FILE, atomic_write
@@ -113,6 +114,13 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     if outputs[0].activations is not None:
         coords["probe"] = list(family(cfg).PROBES)
         data["activation_rms"] = (dims + ["eval_step", "probe"], _scatter(grid, outputs, lambda o: o.activations, np.nan))
+    if outputs[0].layers is not None:
+        values = _scatter(grid, outputs, lambda o: o.layers, np.nan)      # dims + (slots, metric, layer)
+        coords["layer"] = np.arange(values.shape[-1])
+        every = cfg.eval.layers == "every"
+        for i, name in enumerate(LAYER_METRICS):
+            v = values[..., i, :]
+            data[f"layer_{name}"] = (dims + ["eval_step", "layer"], v) if every else (dims + ["layer"], v[..., 0, :])
     task = task_class(cfg.task.name)
     for name, record_dims in task.RECORDS.items():
         values = _scatter(grid, outputs, lambda o: o.records[name], np.nan)
@@ -134,8 +142,11 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     ds["best_test_loss"].attrs["description"] = ("lowest test loss over the member's evaluations (early "
                                                  "stopping); NaN for a diverged member")
     ds["best_step"].attrs["description"] = "eval_step of best_test_loss (-1 if none)"
-    for name in ("train_loss", "test_loss", "final_test_loss", "best_test_loss"):
-        ds[name].attrs["units"] = task.LOSS_UNIT
+    for name in ("train_loss", "test_loss", "final_test_loss", "best_test_loss") + (("layer_loss",) if "layer_loss" in ds else ()):
+        ds[name].attrs["units"] = task.loss_unit(cfg.task)
+    for name in LAYER_METRICS:
+        if f"layer_{name}" in ds:
+            ds[f"layer_{name}"].attrs["description"] = LAYER_DESCRIPTIONS[name]
     if "converged_step" in ds:
         ds["converged_step"].attrs["description"] = ("L-BFGS: step at which the member was frozen because even a "
                                                      "restarted line search found no decrease (-1: never)")
@@ -143,6 +154,16 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
         if name in ds:
             ds[name].attrs["description"] = text
     return ds
+
+
+LAYER_DESCRIPTIONS = {
+    "norm": "mean |h_l| of the residual stream on the probe batch (eval.layers)",
+    "step_angle": "mean arccos cos(h_l, h_{l+1}), radians",
+    "update_angle": "mean arccos cos(dh_l, dh_{l+1}), dh_l = h_{l+1} - h_l, radians",
+    "end_angle": "mean arccos cos(h_l, h_L), radians",
+    "progress": "mean (h_l - h_0).(h_L - h_0) / |h_L - h_0|^2",
+    "loss": "mean loss of h_l read out through the final norm and the head",
+}
 
 
 def saved_task(ds: xr.Dataset) -> dict:

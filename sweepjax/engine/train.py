@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sweepjax.analysis.depth import LAYER_METRICS, layer_metrics
 from sweepjax.config import Config, axis, to_toml
 from sweepjax.engine.checkpoint import Interrupted
 from sweepjax.engine.memory import plan_member_chunk
@@ -75,6 +76,7 @@ class GroupOutput:
     predictions: np.ndarray | None  # (n, test_size) or None
     activations: np.ndarray | None  # (n, n_eval, n_probes) activation RMS at each evaluation, or None
     records: dict[str, np.ndarray]  # the task's RECORDS: name -> (n, n_eval, *its shape)
+    layers: np.ndarray | None    # eval.layers: (n, n_eval or 1, len(LAYER_METRICS), max depth + 1), or None
     params: dict | None          # leaf name -> (n, *padded shape) or None; "init." names: at init
     compile_s: float
     run_s: float
@@ -86,7 +88,8 @@ class GroupProgram:
 
     ``data`` = (fresh, fixed): whether some member draws fresh batches (``task.dataset_size`` = 0) and
     whether some member trains on a fixed set (> 0); a group with both computes both and each member
-    keeps its own.
+    keeps its own. For a task with ``SHARED_BATCH``, fresh batches are drawn once per step for each
+    distinct data seed among the members and each member takes its own seed's batch.
     """
 
     def __init__(self, cfg: Config, padded: dict[str, int], data: tuple[bool, bool] = (True, False)):
@@ -98,19 +101,25 @@ class GroupProgram:
         self.family = family(cfg)
         self.model = make_model(cfg, padded)
         self.probes = self.family.PROBES if cfg.eval.activations else ()
+        self.shared = self.task.SHARED_BATCH and self.fresh
+        # eval.layers: the layer measures of each member, on a layer axis as long as the sweep's deepest member
+        self.layer_slots = {"off": 0, "final": 1, "every": len(sweep_eval_steps(cfg))}[cfg.eval.layers]
+        self.layer_count = max(axis(cfg, "model.depth")) + 1
         self.steps = sweep_eval_steps(cfg)   # shared by every group of the sweep (one eval_step axis)
         # The member axis is sharded over all devices (a no-op on one device).
         self.n_devices = jax.device_count() if cfg.run.shard_members else 1
         mesh = Mesh(np.array(jax.devices()[: self.n_devices]), ("members",))
         self.sharded, rep = NamedSharding(mesh, P("members")), NamedSharding(mesh, P())
-        self._chunk = jax.jit(self._run_chunk, donate_argnums=0, in_shardings=(self.sharded, self.sharded, rep, rep, rep),
-                              out_shardings=self.sharded)
-        self._compiled: dict[int, object] = {}   # member-chunk size -> compiled chunk loop
+        self._chunk = jax.jit(self._run_chunk, donate_argnums=0,
+                              in_shardings=(self.sharded, self.sharded, rep, rep, rep, rep), out_shardings=self.sharded)
+        self._compiled: dict[tuple, object] = {}   # (member-chunk size, distinct data seeds) -> compiled chunk loop
         self._init = jax.jit(jax.vmap(self._init_member), in_shardings=self.sharded, out_shardings=self.sharded)
         self._predict = jax.jit(jax.vmap(self._predict_member), in_shardings=self.sharded, out_shardings=self.sharded)
 
     # ---- one member -------------------------------------------------------------------------
-    def _apply(self, params, x, m, probes=False):
+    def _apply(self, params, x, m, probes=False, layers=False):
+        if layers:
+            return self.model.apply({"params": params}, x, m["sizes"], layers=True)
         return self.model.apply({"params": params}, x, m["sizes"], probes)
 
     def _init_member(self, m: dict) -> dict:
@@ -120,9 +129,12 @@ class GroupProgram:
         probes = {"activations": jnp.full((n_eval, len(self.probes)), jnp.nan, self.dtype)} if self.probes else {}
         records = {"records": {k: jnp.full((n_eval, *shape), jnp.nan, self.dtype)
                                for k, shape in self.record_shapes.items()}} if self.record_shapes else {}
+        layers = ({"layers": jnp.full((self.layer_slots, len(LAYER_METRICS), self.layer_count), jnp.nan, self.dtype)}
+                  if self.layer_slots else {})
         return {
             **probes,
             **records,
+            **layers,
             "params": params,
             "opt": self._optimizer(m).init(params),
             "init_loss": jnp.full((), jnp.nan, self.dtype),
@@ -147,12 +159,24 @@ class GroupProgram:
         xs, ys = self._test_chunks()
         return jax.lax.map(lambda xy: self.task.losses(self._apply(params, xy[0], m), xy[1], m["task"]), (xs, ys)).reshape(-1)
 
-    def _train_batch(self, t: jax.Array, m: dict):
+    def _shared_batches(self, t: jax.Array, seeds: jax.Array):
+        """``SHARED_BATCH`` tasks: the fresh batch of step ``t`` of each data seed in ``seeds`` (sorted,
+        distinct), outside the member vmap: computed once whatever the number of members."""
+        if not self.shared:
+            return None
+        return jax.vmap(lambda seed: self.task.train_batch(jax.random.key(seed), t, {}, self.dtype))(seeds)
+
+    def _train_batch(self, t: jax.Array, m: dict, shared=None):
         """(x, y, weights) of step ``t``: fresh examples, or a minibatch of the member's fixed training set
-        (:mod:`sweepjax.tasks.dataset`); weights are None when every row counts."""
+        (:mod:`sweepjax.tasks.dataset`); weights are None when every row counts. ``shared``: (seeds,
+        batches) of :meth:`_shared_batches`, from which the member takes its data seed's batch."""
         key = jax.random.key(m["data_seed"])
         if self.fresh:
-            x, y = self.task.train_batch(key, t, m["task"], self.dtype)
+            if shared is not None:
+                seeds, batches = shared
+                x, y = jax.tree.map(lambda a: a[jnp.searchsorted(seeds, m["data_seed"])], batches)
+            else:
+                x, y = self.task.train_batch(key, t, m["task"], self.dtype)
             if not self.fixed:
                 return x, y, None
         index, valid = dataset.minibatch(key, t, self.cfg.task.batch_size, m["dataset_size"])
@@ -169,13 +193,22 @@ class GroupProgram:
         stats = self._apply(params, xs[0], m, probes=True)[1]
         return jnp.stack([stats[k] for k in self.probes]).astype(self.dtype)
 
+    def _layers(self, params, m):
+        """The :data:`LAYER_METRICS` of the member on the probe batch (the first test chunk), (K, max depth + 1);
+        the per-layer loss is the mean loss of each h_l read out through the final norm and head."""
+        xs, ys = self._test_chunks()
+        _, aux = self._apply(params, xs[0], m, layers=True)
+        losses = jax.vmap(lambda out: jnp.mean(self.task.losses(out, ys[0], m["task"])))(aux["readouts"])
+        values = layer_metrics(aux["states"], m["sizes"]["depth"], losses, self.layer_count - 1)
+        return values.astype(self.dtype)
+
     def _optimizer(self, m: dict) -> optax.GradientTransformation:
         return make_optimizer(self.cfg.train, m["lr"], self.family.DECAYED, steps=m["steps"])
 
-    def _step_member(self, state: dict, t: jax.Array, slot: jax.Array, m: dict) -> dict:
+    def _step_member(self, state: dict, t: jax.Array, slot: jax.Array, m: dict, shared=None) -> dict:
         tc = self.cfg.train
         tx = self._optimizer(m)
-        x, y, weights = self._train_batch(t, m)
+        x, y, weights = self._train_batch(t, m, shared)
 
         def loss_of(p):
             return weighted_mean(self.task.losses(self._apply(p, x, m), y, m["task"]), weights)
@@ -225,6 +258,12 @@ class GroupProgram:
             if self.record_shapes:
                 values = self.task.records(test_losses, lambda x: self._apply(params, x, m), m["task"])
                 out["records"] = {k: put(s["records"][k], values[k].astype(self.dtype)) for k in self.record_shapes}
+            if self.layer_slots:   # "every": at each evaluation; "final": at the member's own last step only
+                at = slot if self.layer_slots > 1 else 0
+                write = live if self.layer_slots > 1 else t == m["steps"]
+                buf, values = s["layers"], self._layers(params, m)
+                out["layers"] = buf.at[at].set(jnp.where(write & ~diverged, values,
+                                                         jnp.where(write, nan, buf[at])))
             return out
 
         state = jax.lax.cond(slot >= 0, record, lambda s: s, state)
@@ -245,12 +284,14 @@ class GroupProgram:
         return self._apply(params, x, m)[:, 0]
 
     # ---- the member axis --------------------------------------------------------------------
-    def _run_chunk(self, state: dict, members: dict, evals: jax.Array, start: jax.Array, end: jax.Array) -> dict:
-        step = jax.vmap(self._step_member, in_axes=(0, None, None, 0))
+    def _run_chunk(self, state: dict, members: dict, seeds: jax.Array, evals: jax.Array, start: jax.Array,
+                   end: jax.Array) -> dict:
+        step = jax.vmap(self._step_member, in_axes=(0, None, None, 0, None))
 
         def body(t, s):
             i = jnp.minimum(jnp.searchsorted(evals, t), evals.shape[0] - 1)
-            return step(s, t, jnp.where(evals[i] == t, i, -1), members)   # slot in the curves, -1: no evaluation
+            shared = (seeds, self._shared_batches(t, seeds)) if self.shared else None
+            return step(s, t, jnp.where(evals[i] == t, i, -1), members, shared)   # slot in the curves, -1: none
         return jax.lax.fori_loop(start, end, body, state)
 
     def members(self, group: Group, idx: np.ndarray) -> dict:
@@ -285,13 +326,16 @@ class GroupProgram:
         total = longest + 1  # the extra step only evaluates the final parameters
         t0 = time.perf_counter()
         n = members["seed"].shape[0]
-        if n not in self._compiled:
-            self._compiled[n] = self._chunk.lower(state, members, evals, jnp.int32(0), jnp.int32(1)).compile()
-        chunk, compile_s = self._compiled[n], time.perf_counter() - t0
+        # the distinct data seeds, whose batches a SHARED_BATCH task draws once per step
+        seeds = jnp.asarray(np.unique(to_host(members["data_seed"])) if self.shared else np.zeros(1, np.uint32))
+        if (n, seeds.shape[0]) not in self._compiled:
+            self._compiled[n, seeds.shape[0]] = self._chunk.lower(state, members, seeds, evals, jnp.int32(0),
+                                                                  jnp.int32(1)).compile()
+        chunk, compile_s = self._compiled[n, seeds.shape[0]], time.perf_counter() - t0
         t0 = time.perf_counter()
         for begin in range(start, total, tc.chunk_steps):
             end = min(begin + tc.chunk_steps, total)
-            state = chunk(state, members, evals, jnp.int32(begin), jnp.int32(end))
+            state = chunk(state, members, seeds, evals, jnp.int32(begin), jnp.int32(end))
             jax.block_until_ready(state["diverged"])
             if after_chunk:
                 after_chunk(end, total, time.perf_counter() - t0, state)
@@ -379,7 +423,8 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
             compile_s = compile_s or c_s
             run_s += r_s
             host.update({k: to_host(state[k])[: len(idx)]
-                         for k in ("train_loss", "test_loss", "diverged", "diverged_step", "converged_step", "activations")
+                         for k in ("train_loss", "test_loss", "diverged", "diverged_step", "converged_step", "activations",
+                                   "layers")
                          if k in state})
             host.update({f"records/{k}": to_host(v)[: len(idx)] for k, v in state.get("records", {}).items()})
             # A diverged member's frozen parameters are its last finite ones, not a result: NaN them.
@@ -397,5 +442,6 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
     test_loss = cat("test_loss")
     last = np.searchsorted(program.steps, group.values["train.steps"])   # each member's own last step
     return GroupOutput(cat("train_loss"), test_loss, cat("diverged"), cat("diverged_step"),
-                       cat("converged_step"), cat("predictions"), cat("activations"), records, params, compile_s, run_s,
+                       cat("converged_step"), cat("predictions"), cat("activations"), records, cat("layers"), params,
+                       compile_s, run_s,
                        test_loss[np.arange(n), last])

@@ -59,6 +59,10 @@ class MLP(nn.Module):
     h += s * W2 act(W1 norm(h) + b1) with ``mlp_hidden`` units, the final norm, then the output
     projection (the head). Norms here have no parameters. ``model.zero_init``: ``"proj"`` starts every
     W2 at zero (each block starts as the identity), ``"head"`` the output projection and its bias.
+    ``model.input = "none"`` (residual): no input projection, the stream starts as norm(x) (width = in_dim);
+    ``model.head``: ``"affine"`` (W h + b), ``"linear"`` (no bias) or ``"none"`` (the outputs are the final
+    normed stream, width = out_dim) -- the inverse-depth study's student is input "none", head "linear"
+    (KL) or "none" (MSE).
     """
     cfg: ModelConfig
     padded: dict
@@ -68,8 +72,10 @@ class MLP(nn.Module):
     compute_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, sizes: dict, probes: bool = False):
-        """Outputs (B, out_dim); with ``probes`` also a dict of activation RMS values."""
+    def __call__(self, x: jax.Array, sizes: dict, probes: bool = False, layers: bool = False):
+        """Outputs (B, out_dim); with ``probes`` also a dict of activation RMS values; with ``layers`` (residual
+        only) also ``{"states": (D + 1, B, W) stream h_0 .. h_D, "readouts": (D + 1, B, out_dim) each h_l read
+        out through the final norm and the head}`` (D the padded depth)."""
         c, dt, cd = self.cfg, self.dtype, self.compute_dtype
         W, D = self.padded["width"], self.padded["depth"]
         width, depth = sizes["width"], sizes["depth"]
@@ -82,9 +88,13 @@ class MLP(nn.Module):
         def param(name, shape, fan_in, mask, is_bias=False, zero=False):
             return named_param(self, root, name, init_entries(c.init, is_bias, fan_in, mask, dt, zero), shape)
 
-        w_in = param("w_in", (self.in_dim, W), self.in_dim, unit[None, :])
-        b_in = param("b_in", (W,), self.in_dim, unit, is_bias=True)
-        h = mm(x, w_in) + b_in
+        if c.input == "none":   # the stream starts as the normed input (width = in_dim, checked by the config)
+            h = normalize(x.astype(dt), unit, width, c.norm)
+        else:
+            w_in = param("w_in", (self.in_dim, W), self.in_dim, unit[None, :])
+            b_in = param("b_in", (W,), self.in_dim, unit, is_bias=True)
+            h = mm(x, w_in) + b_in
+        states = None
         if c.residual:
             H = self.padded["mlp_hidden"]
             hid = (jnp.arange(H) < sizes["mlp_hidden"]).astype(dt)
@@ -99,11 +109,15 @@ class MLP(nn.Module):
             def block(h, p):
                 a, b, w_out2, on = p
                 branch = mm(act(mm(norm(h), a) + b) * hid, w_out2)
-                return jnp.where(on > 0, h + scale * branch, h), None
+                h = jnp.where(on > 0, h + scale * branch, h)
+                return h, h if layers else None
 
-            h, _ = jax.lax.scan(block, h * unit, (w1, b1, w2, layer_on))
-            h = norm(h)
+            h0 = h * unit
+            h, stack = jax.lax.scan(block, h0, (w1, b1, w2, layer_on))
+            if layers:   # h_0 .. h_D; layers past the member's depth repeat its final state
+                states = jnp.concatenate([h0[None], stack], axis=0)
         else:
+            norm = lambda v: v
             h = act(h) * unit
             if D > 1:  # no empty hidden stack for one-hidden-layer nets
                 layer_on = (jnp.arange(D - 1) < depth - 1).astype(dt)
@@ -115,13 +129,22 @@ class MLP(nn.Module):
                     return jnp.where(on > 0, act(mm(h, w) + b) * unit, h), None
 
                 h, _ = jax.lax.scan(layer, h, (w_h, b_h, layer_on))
-        zero_head = "head" in c.zero_init
-        w_out = param("w_out", (W, self.out_dim), width, unit[:, None], zero=zero_head)
-        b_out = param("b_out", (self.out_dim,), width, jnp.ones((self.out_dim,), dt), is_bias=True, zero=zero_head)
-        out = mm(h, w_out) + b_out
+        if c.head == "none":   # the outputs are the final normed stream (width = out_dim, checked by the config)
+            readout = norm
+        else:
+            zero_head = "head" in c.zero_init
+            w_out = param("w_out", (W, self.out_dim), width, unit[:, None], zero=zero_head)
+            b_out = (param("b_out", (self.out_dim,), width, jnp.ones((self.out_dim,), dt), is_bias=True, zero=zero_head)
+                     if c.head == "affine" else 0.0)
+            readout = lambda v: mm(norm(v), w_out) + b_out
+        out = readout(h)
+        if layers:
+            if states is None:
+                raise ValueError("layer states exist for the residual MLP only")
+            return out, {"states": states, "readouts": jax.vmap(readout)(states)}
         if not probes:
             return out
-        return out, {"hidden": active_rms(h, unit, width), "output": jnp.sqrt(jnp.mean(jnp.square(out)))}
+        return out, {"hidden": active_rms(norm(h), unit, width), "output": jnp.sqrt(jnp.mean(jnp.square(out)))}
 
 
 def lr_multipliers(cfg: ModelConfig, params: dict, sizes: dict) -> None:
@@ -141,12 +164,14 @@ def count(cfg: ModelConfig, io: dict[str, int], s: dict[str, int]) -> dict[str, 
     activations not counted.
     """
     W, D, n_in, n_out = s["width"], s["depth"], io["in_dim"], io["out_dim"]
+    inputs = (n_in * W, W) if cfg.input == "affine" else (0, 0)          # (weights, biases) of each layer
+    head = {"affine": (W * n_out, n_out), "linear": (W * n_out, 0), "none": (0, 0)}[cfg.head]
     if cfg.residual:
-        weights = n_in * W + D * 2 * W * s["mlp_hidden"] + W * n_out
-        total = weights + W + D * s["mlp_hidden"] + n_out
+        hidden = (D * 2 * W * s["mlp_hidden"], D * s["mlp_hidden"])
     else:
-        weights = n_in * W + (D - 1) * W * W + W * n_out
-        total = weights + W + (D - 1) * W + n_out
+        hidden = ((D - 1) * W * W, (D - 1) * W)
+    weights = inputs[0] + hidden[0] + head[0]
+    total = weights + inputs[1] + hidden[1] + head[1]
     return {"n_params": total, "n_params_non_embedding": total, "forward_flops_per_token": 2 * weights}
 
 

@@ -17,9 +17,12 @@ A task is one module with one class deriving from :class:`Task`, named in
   (``in_dim``/``out_dim`` for the MLP family, ``vocab``/``context`` for the transformer), with
   :meth:`batch_rows` and :meth:`tokens_per_example` (class methods of the config section alone, so
   counting parameters and tokens never builds the task's data);
-* ``LOSS_UNIT`` (one of :data:`sweepjax.losses.UNITS`) and :meth:`losses`: per-example losses;
+* ``LOSS_UNIT`` (one of :data:`sweepjax.losses.UNITS`; :meth:`loss_unit` where a key changes it) and
+  :meth:`losses`: per-example losses;
 * data on the device: :meth:`examples` (one example per key: used for fixed training sets of
   ``task.dataset_size`` samples and, by default, for fresh batches) or :meth:`train_batch`;
+  ``SHARED_BATCH``: its fresh batches do not read ``m``, so members with the same data seed draw the same
+  batch and the engine draws it once per step (a teacher network's forward pass, say);
 * :meth:`test_set` (fixed, the same for every member), :meth:`test_loss` (how per-example test losses
   combine: the mean, or weights such as per-member task frequencies) and :meth:`floors` (irreducible
   losses when known);
@@ -56,6 +59,7 @@ class Task:
     WHY: dict[str, str] = {}
     LOSS_UNIT: str = "nats"
     RECORDS: dict[str, tuple[str, ...]] = {}    # extra per-evaluation results: name -> its own dims
+    SHARED_BATCH: bool = False                 # train_batch ignores m: drawn once per step per distinct data seed
     PREDICTIONS: bool = False                  # eval.save_predictions keeps outputs on the test set (scalar outputs)
     STUDY: str = "sweepjax.analysis.lottery"   # module whose analyse(ds, out, run_cfg, width_rows, log, warn) runs after a sweep
 
@@ -76,6 +80,11 @@ class Task:
             return None
         shown = sizes[0] if len(sizes) == 1 else sizes
         return f"task.dataset_size = {shown}", f"set 1 <= task.dataset_size <= task.batch_size = {cfg.task.batch_size}"
+
+    @classmethod
+    def loss_unit(cls, keys: TaskConfig) -> str:
+        """The unit of the losses (``LOSS_UNIT`` unless a key of the task changes it)."""
+        return cls.LOSS_UNIT
 
     @classmethod
     def samples(cls, keys: TaskConfig) -> bool:
