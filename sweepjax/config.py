@@ -465,6 +465,7 @@ def check_combinations(cfg: Config) -> None:
     task.check(cfg)
     _check_family(cfg)
     _check_applies(cfg)
+    _check_mlp_io(cfg)
     if 0 < cfg.run.max_padding_waste < 1:
         raise ConfigError(f"run.max_padding_waste = {cfg.run.max_padding_waste}: must be 0 (no bucketing) or >= 1")
 
@@ -489,7 +490,6 @@ def _check_family(cfg: Config) -> None:
         if "head" in zero and axis(cfg, "model.family") == ["transformer"] and axis(cfg, "model.tie_embeddings") == [True]:
             raise ConfigError(f"model.zero_init = {zero} with model.tie_embeddings = true: the readout is the "
                               f"token embedding; a zero head would zero the embeddings too (drop 'head')")
-    _check_mlp_io(cfg)
     if "transformer" not in axis(cfg, "model.family"):
         return
     if "mup" in axis(cfg, "model.parameterization"):

@@ -46,6 +46,9 @@ LBFGS = {**GRID, "train.optimizer": "lbfgs", **swept({"train.seed": range(8)})}
 ROTARY = {**TRANSFORMER, "model.positions": "rotary"}
 MUP = {**TRANSFORMER, "model.parameterization": "mup"}
 SPARSE = {"task.name": "sparse-parity", "task.n_tasks": 4, "task.n_bits": 6}   # test_size 8: 2 per subtask
+TEACHER = {"task.name": "teacher", "task.teacher_depth": 2, "task.teacher_width": 4, "task.teacher_hidden": 4,
+           **RESIDUAL}
+TEACHER_MSE = {**TEACHER, "task.target": "mse"}
 
 # key -> (base where it acts, a non-default value[, keys that must change with it]): the run differs from the base's.
 CHECKED: dict[str, tuple] = {
@@ -101,6 +104,16 @@ CHECKED: dict[str, tuple] = {
     "task.n_bits": (SPARSE, 5),
     "task.k": (SPARSE, 2),
     "task.subsets_seed": (SPARSE, 1),
+    "task.teacher": (TEACHER, "tied"),
+    "task.teacher_depth": (TEACHER, 3),
+    "task.teacher_width": (TEACHER, 5),
+    "task.teacher_hidden": (TEACHER, 5),
+    "task.n_classes": (TEACHER, 4),
+    "task.teacher_seed": (TEACHER, 1),
+    "task.target": (TEACHER, "mse"),
+    "model.input": (TEACHER, "none"),          # width 4 = teacher_width: h_0 = RMSNorm(x) instead of W x + b
+    "model.head": (MLP, "linear"),
+    "eval.layers": (RESIDUAL, "final"),        # adds the layer_* variables
 }
 # Per-member keys, checked inside one program per base: (base, {key: [first value, other value]}).
 MEMBER_SWEEPS = [
@@ -244,7 +257,7 @@ def test_eval_keys_add_their_variables():
 
 
 # Bases tried, in order, for a config where a key has no effect.
-ELSEWHERE = [MLP, TRANSFORMER, LBFGS]
+ELSEWHERE = [MLP, TRANSFORMER, LBFGS, TEACHER_MSE]
 
 
 CONDITIONAL = sorted({k for t in TASKS for k in schema(t).applies})
