@@ -16,7 +16,7 @@ from pathlib import Path
 RESULTS_FILE = "results.nc"      # the xarray Dataset (NetCDF4, h5netcdf)
 CONFIG_FILE = "config.toml"      # the fully resolved config (written first, so a run can resume)
 MANIFEST_FILE = "manifest.json"  # versions, devices, timings, command
-FIT_FILE = "fit.json"            # width-scaling fits
+FIT_FILE = "fit.json"            # scaling fits (width; depth for the teacher task)
 FIGURES_DIR = "figures"
 CHECKPOINT_DIR = "checkpoints"   # state of an unfinished sweep (removed once its results are saved)
 

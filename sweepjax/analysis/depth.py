@@ -208,13 +208,18 @@ def plot_loss(rows: list[dict], path) -> "Path":
             ci = f" [{r['alpha_ci'][0]:.2f}, {r['alpha_ci'][1]:.2f}]" if r.get("alpha_ci") else ""
             ax.plot(x, r["params"]["A"] * x ** -r["alpha"], "-", lw=1, color=c,
                     label=f"fit depth {r['window'][0]}-{r['window'][1]}: a_l = {r['alpha']:.2f}{ci}")
-    ax.set(xscale="log", yscale="log", xlabel="student depth (blocks)",
-           ylabel=f"final test loss, median over runs ({heads[0]['loss'] if heads else ''})",
+    ax.set(xscale="log", yscale="log", xlabel="student depth (blocks)", ylabel="final test loss (median over runs)",
            title="Loss vs depth")
     ax.set_xticks(heads[0]["depths"] if heads else [], [str(d) for d in (heads[0]["depths"] if heads else [])])
     ax.minorticks_off()
     ax.legend(fontsize=7)
     return save(fig, path)
+
+
+YLABELS = {"update_angle": "angle(dh_l, dh_l+1) (rad)", "loss": "loss of h_l through the final norm and head",
+           "step_angle": "angle(h_l, h_l+1) (rad)", "end_angle": "angle(h_l, h_L) (rad)", "norm": "|h_l|",
+           "progress": "progress toward h_L"}
+TITLES = {"update_angle": "Successive updates: pi/2 = uncorrelated", "loss": "Per-layer loss (probe batch)"}
 
 
 def plot_layers(ds, metric: str, path, teachers: list[dict] | None = None, log_y: bool = False) -> "Path":
@@ -246,8 +251,8 @@ def plot_layers(ds, metric: str, path, teachers: list[dict] | None = None, log_y
                         label=f"{t['teacher']} teacher (depth {t['teacher_depth']})")
         if metric.endswith("angle"):
             ax.axhline(np.pi / 2, color="0.8", lw=0.8, zorder=0)
-        ax.set(xlabel="layer l / depth", ylabel=f"{metric.replace('_', ' ')}" + (" (rad)" if "angle" in metric else ""),
-               title=_label(sel), yscale="log" if log_y else "linear")
+        ax.set(xlabel="layer l / depth", ylabel=YLABELS.get(metric, metric), yscale="log" if log_y else "linear",
+               title=f"{TITLES.get(metric, metric)}" + (f" ({_label(sel)})" if sel else ""))
         ax.legend(fontsize=7)
     return save(fig, path)
 
@@ -324,15 +329,22 @@ def make_figures(ds, outdir, summary: dict) -> list:
 
 def analyse(ds, out, run_cfg, width_rows: list[dict], log=None, warn=None) -> list:
     """The study's step after a run (the task's ``STUDY``): :func:`summarize` with ``run.bootstrap``
-    resamples, printed to ``log`` and written to ``depth.json``, then the figures when ``run.figures``."""
+    resamples, printed to ``log``; the depth fits written to ``fit.json``, the layer measures (students'
+    and teachers') to ``depth.json``; then the figures when ``run.figures``."""
     import json
     from pathlib import Path
 
-    from sweepjax.files import FIGURES_DIR, atomic_write
+    from sweepjax.files import FIGURES_DIR, FIT_FILE, atomic_write
     summary = summarize(ds, n_boot=run_cfg.bootstrap, log=warn)
     if log and (text := describe(summary)):
         print(text, file=log)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    report = Path(out) / "depth.json"
-    atomic_write(report, lambda p: p.write_text(json.dumps(summary, indent=2)))
-    return [report] + (make_figures(ds, Path(out) / FIGURES_DIR, summary) if run_cfg.figures else [])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if summary["fits"]:
+        atomic_write(out / FIT_FILE, lambda p: p.write_text(json.dumps(summary["fits"], indent=2)))
+        written.append(out / FIT_FILE)
+    layers = {k: v for k, v in summary.items() if k != "fits"}
+    atomic_write(out / "depth.json", lambda p: p.write_text(json.dumps(layers, indent=2)))
+    written.append(out / "depth.json")
+    return written + (make_figures(ds, out / FIGURES_DIR, summary) if run_cfg.figures else [])
