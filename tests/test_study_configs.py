@@ -1,0 +1,69 @@
+"""End to end: the study configs through the CLI at their [on_cpu] sizes, shortened to the fewest steps at
+which each still shows something real (the full CPU runs are measured, see README and benchmarks/)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sweepjax import results
+from sweepjax.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(config: str, out: Path, *sets: str) -> tuple:
+    args = ["run", str(ROOT / "configs" / config), "--out", str(out), "--set", "run.bootstrap=50"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    return results.load(out), json.loads((out / "depth.json").read_text()) if (out / "depth.json").exists() else None
+
+
+def test_depth_teacher_configs_end_to_end(tmp_path):
+    """configs/depth_teacher.toml and its tied twin (MSE students of depths 4..32, 300 steps): the loss falls
+    with depth, the fit and the layer measures are written, and the teachers' update angles are ~pi/2
+    (independent layers) and ~0 (tied)."""
+    short = ("train.steps=300", "task.test_size=512")
+    ds, layers = _run("depth_teacher.toml", tmp_path / "ind", *short)
+    med = ds.final_test_loss.median("seed")
+    assert not ds.diverged.any() and np.all(np.diff(med.values) < 0), med.values
+    assert ds.final_test_loss.attrs["units"] == "squared error" and ds.sizes["layer"] == 33
+    fits = json.loads((tmp_path / "ind" / "fit.json").read_text())
+    (head,) = [r for r in fits if r["headline"] and r["form"] == "power_law"]
+    assert head["window"] == [8, 32] and head["alpha"] > 0 and head["alpha_ci"][0] <= head["alpha"] <= head["alpha_ci"][1]
+    (teacher,) = layers["teachers"]
+    assert teacher["teacher"] == "independent" and 1.45 < teacher["middle_update_angle"] < 1.70
+    for name in ("depth_loss.png", "depth_update_angle.png", "depth_layer_loss.png"):
+        assert (tmp_path / "ind" / "figures" / name).stat().st_size > 10_000, name
+    tied, tied_layers = _run("depth_teacher_tied.toml", tmp_path / "tied", *short, "run.figures=false")
+    (teacher,) = tied_layers["teachers"]
+    assert teacher["teacher"] == "tied" and teacher["middle_update_angle"] < 0.1
+    assert not tied.diverged.any() and np.isfinite(tied.layer_update_angle.sel(depth=32).isel(layer=slice(0, 31))).all()
+    # students of the tied teacher already update more smoothly (lower middle-layer angle) at every depth
+    angle = lambda rows: {r["depth"]: r["middle_update_angle"] for r in rows["angles"]}
+    ind_angle, tied_angle = angle(layers), angle(tied_layers)
+    assert all(tied_angle[d] < ind_angle[d] for d in (4, 8, 16, 32)), (ind_angle, tied_angle)
+
+
+def test_quanta_parity_config_end_to_end(tmp_path):
+    """configs/quanta_parity.toml (64 subtasks of 32 bits) at 1,500 steps, widths 4/32/128, exponents 1.2/1.6,
+    2 seeds: the loss falls with width, alpha_N grows with the Zipf exponent, the most frequent subtask is
+    learned first, and `sweepjax qdg` clusters the widest member's gradients."""
+    out = tmp_path / "qp"
+    assert main(["run", str(ROOT / "configs" / "quanta_parity.toml"), "--out", str(out), "--set", "train.steps=1500",
+                 "--set", "sweep.model.width=[4, 32, 128]", "--set", "sweep.seed=[0, 1]",
+                 "--set", "sweep.task.zipf_exponent=[1.2, 1.6]", "--set", "run.bootstrap=50"]) == 0
+    ds = results.load(out)
+    med = ds.final_test_loss.median("seed")
+    assert not ds.diverged.any() and (med.diff("width") < 0).all(), med.values
+    rows = {r["zipf_exponent"]: r for r in json.loads((out / "quanta.json").read_text())["scaling"] if r["kind"] == "N"}
+    assert 0 < rows[1.2]["alpha"] < rows[1.6]["alpha"], rows
+    widest = ds.subtask_loss.sel(zipf_exponent=1.6, width=128).isel(eval_step=-1).median("seed").values
+    assert widest[0] < 0.1 and widest[0] == widest.min(), widest
+    assert (out / "figures" / "quanta_emergence_width.png").stat().st_size > 10_000
+    assert main(["qdg", str(out), "--member", "zipf_exponent=1.6"]) == 0
+    report = json.loads((out / "qdg.json").read_text())
+    assert report["member"] == {"seed": 0, "width": 128, "zipf_exponent": 1.6} and report["n_kept"] > 100
+    assert report["adjusted_rand_index"] is not None and report["clusters"] >= 2
