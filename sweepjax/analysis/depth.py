@@ -13,13 +13,23 @@ averaged over the samples of a probe batch:
 - ``loss`` (students): the loss of h_l read out through the final norm and the head (the engine's).
 
 Entries past a member's depth, and angles with a zero vector, are NaN.
+
+After a run (the task's ``STUDY``): :func:`depth_fits` (loss vs depth, windows, bootstrap over runs),
+:func:`angle_summary`, :func:`teacher_metrics`, the figures and :func:`analyse`. The engine imports
+this module for :func:`layer_metrics`, so the fitting, results and plotting modules are imported
+inside the functions that use them.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
+import tomllib
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 LAYER_METRICS = ("norm", "step_angle", "update_angle", "end_angle", "progress", "loss")
 """The measures on the ``layer`` dim, in the order the engine stores them (results: ``layer_<name>``)."""
@@ -95,10 +105,6 @@ def depth_fits(ds, n_boot: int = 1000, level: float = 0.95, forms=("power_law", 
     over runs. One row per (other swept values: temperature, teacher ...; form; window); ``headline``
     marks the window of :func:`headline_window`. Also ``local_slopes``: -d log L / d log depth between
     neighbouring depths of the medians."""
-    import dataclasses as dc
-
-    import numpy as np
-
     from sweepjax.analysis.scaling import fit_medians
     from sweepjax.fit.inputs import reduce_runs
     from sweepjax.fit.io import sweep_slices
@@ -114,7 +120,7 @@ def depth_fits(ds, n_boot: int = 1000, level: float = 0.95, forms=("power_law", 
         for form in forms:
             for lo, hi in _windows(depths):
                 keep = (part.x[:, 0] >= lo) & (part.x[:, 0] <= hi)
-                sub = dc.replace(part, x=part.x[keep], y=part.y[:, keep])
+                sub = dataclasses.replace(part, x=part.x[keep], y=part.y[:, keep])
                 fit = fit_medians(sub.x[:, 0], sub.y, form, n_boot, seed, level)
                 rows.append({"slice": {k: (v.item() if hasattr(v, "item") else v) for k, v in part.sel.items()},
                              "form": form, "window": [lo, hi], "headline": (lo, hi) == head,
@@ -130,14 +136,12 @@ def middle(values, depth: int):
 
 
 def _model_depth(ds) -> int:
-    import tomllib
     return int(tomllib.loads(ds.attrs.get("sweepjax_config", "")).get("model", {}).get("depth", 1))
 
 
 def angle_summary(ds) -> list[dict]:
     """Per depth (and other swept values): the median over runs of each student's mean ``update_angle``
     over its middle layers (:func:`middle`), at its final evaluation."""
-    import numpy as np
     if "layer_update_angle" not in ds:
         return []
     da = ds["layer_update_angle"]
@@ -159,8 +163,6 @@ def angle_summary(ds) -> list[dict]:
 def teacher_metrics(ds, probe: int = 512) -> list[dict]:
     """The layer measures of the teacher itself (each value of a swept ``task.teacher``), on the first
     ``probe`` test inputs: a check of the generator (independent layers: update angle ~pi/2; tied: ~0)."""
-    import numpy as np
-
     from sweepjax.results import saved_task
     from sweepjax.tasks.teacher import Keys, Teacher
     table = saved_task(ds)
@@ -193,10 +195,8 @@ def _layer_panels(ds) -> list[dict]:
     return [{**base, **({"teacher": k} if k is not None else {})} for k in kinds]
 
 
-def plot_loss(rows: list[dict], path) -> "Path":
+def plot_loss(rows: list[dict], path) -> Path:
     """Median final loss vs depth (log-log), one colour per slice, with the headline power-law fit."""
-    import numpy as np
-
     from sweepjax.plots import plt, save
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     heads = [r for r in rows if r["headline"] and r["form"] == "power_law"]
@@ -222,12 +222,10 @@ YLABELS = {"update_angle": "angle(dh_l, dh_l+1) (rad)", "loss": "loss of h_l thr
 TITLES = {"update_angle": "Successive updates: pi/2 = uncorrelated", "loss": "Per-layer loss (probe batch)"}
 
 
-def plot_layers(ds, metric: str, path, teachers: list[dict] | None = None, log_y: bool = False) -> "Path":
+def plot_layers(ds, metric: str, path, teachers: list[dict] | None = None, log_y: bool = False) -> Path:
     """``layer_<metric>`` (median over runs, final evaluation) vs relative layer l / depth, one line per
     student depth; one panel per :func:`_layer_panels` selection; the teacher's own curve (dashed) when
     ``teachers`` (:func:`teacher_metrics`) is given."""
-    import numpy as np
-
     from sweepjax.plots import plt, save
     da = ds[f"layer_{metric}"]
     if "eval_step" in da.dims:
@@ -257,10 +255,8 @@ def plot_layers(ds, metric: str, path, teachers: list[dict] | None = None, log_y
     return save(fig, path)
 
 
-def plot_exponents(rows: list[dict], path) -> "Path":
+def plot_exponents(rows: list[dict], path) -> Path:
     """Headline a_l (power law) vs temperature with bootstrap intervals, one series per teacher."""
-    import numpy as np
-
     from sweepjax.plots import plt, save
     heads = [r for r in rows if r["headline"] and r["form"] == "power_law" and r["alpha"] is not None
              and "temperature" in r["slice"]]
@@ -313,7 +309,6 @@ def describe(summary: dict) -> str:
 def make_figures(ds, outdir, summary: dict) -> list:
     """``depth_loss.png`` (with three or more depths), ``depth_update_angle.png`` and
     ``depth_layer_loss.png`` (with ``eval.layers``), ``depth_exponents.png`` (with a temperature sweep)."""
-    from pathlib import Path
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -331,9 +326,6 @@ def analyse(ds, out, run_cfg, width_rows: list[dict], log=None, warn=None) -> li
     """The study's step after a run (the task's ``STUDY``): :func:`summarize` with ``run.bootstrap``
     resamples, printed to ``log``; the depth fits written to ``fit.json``, the layer measures (students'
     and teachers') to ``depth.json``; then the figures when ``run.figures``."""
-    import json
-    from pathlib import Path
-
     from sweepjax.files import FIGURES_DIR, FIT_FILE, atomic_write
     summary = summarize(ds, n_boot=run_cfg.bootstrap, log=warn)
     if log and (text := describe(summary)):
