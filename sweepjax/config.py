@@ -411,10 +411,11 @@ def build_config(raw: dict, overrides: list[tuple[str, Any]] = (), name: str = "
         if key.startswith("sweep.") and value == []:   # drop the axis (from [on_cpu] or --set only)
             dropped = key[len("sweep."):]
             flat = _flatten(sweep_raw)
-            if dropped not in flat:
+            full = lambda k: AXIS_ALIASES.get(k, k)
+            if full(dropped) not in map(full, flat):
                 raise ConfigError(f"{key} = []: drops a sweep axis, but the sweep has no axis {dropped!r} "
                                   f"(axes: {', '.join(flat) or 'none'})")
-            sweep_raw = {k: v for k, v in flat.items() if k != dropped}
+            sweep_raw = {k: v for k, v in flat.items() if full(k) != full(dropped)}
         elif key.startswith("sweep."):
             sweep_raw = {**sweep_raw, key[len("sweep."):]: value}
         else:
@@ -517,14 +518,18 @@ def _check_mlp_io(cfg: Config) -> None:
     from sweepjax.tasks import task_class
     if "mlp" not in axis(cfg, "model.family"):
         return
-    io = task_class(cfg.task.name).model_io(cfg.task)
+    traced = member_keys(cfg)   # per-member numbers cannot change shapes
+    swept = {k[len("task."):]: v for k, v in cfg.sweep.items() if k.startswith("task.") and k not in traced}
+    ios = [task_class(cfg.task.name).model_io(dataclasses.replace(cfg.task, **dict(zip(swept, combo))))
+           for combo in itertools.product(*swept.values())]    # every value of a swept task key
     for key, size, what in (("model.input", "in_dim", "input"), ("model.head", "out_dim", "output")):
         if "none" not in axis(cfg, key):
             continue
-        for width in axis(cfg, "model.width"):
+        for io, width in itertools.product(ios, axis(cfg, "model.width")):
             if width != io[size]:
                 raise ConfigError(f"{key} = 'none' with model.width = {width}: without that layer the stream is "
-                                  f"the task's {what} of size {io[size]}; set model.width = {io[size]}")
+                                  f"the task's {what} of size {io[size]}; set model.width = {io[size]}"
+                                  + (" in every group (a swept task key changes it)" if len(ios) > 1 else ""))
         if False in axis(cfg, "model.residual"):
             raise ConfigError(f"{key} = 'none' with model.residual = false: only the residual MLP (a stream of "
                               f"fixed width) can do without it")

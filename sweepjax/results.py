@@ -114,7 +114,7 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     if outputs[0].activations is not None:
         coords["probe"] = list(family(cfg).PROBES)
         data["activation_rms"] = (dims + ["eval_step", "probe"], _scatter(grid, outputs, lambda o: o.activations, np.nan))
-    if outputs[0].layers is not None:
+    if cfg.eval.layers != "off":
         values = _scatter(grid, outputs, lambda o: o.layers, np.nan)      # dims + (slots, metric, layer)
         coords["layer"] = np.arange(values.shape[-1])
         every = cfg.eval.layers == "every"

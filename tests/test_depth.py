@@ -104,3 +104,28 @@ def test_analyse_writes_fits_layers_and_figures(tmp_path):
     plain = results({1.0: 1.0}, layers=False).isel(temperature=0)
     names = {p.name for p in D.analyse(plain, tmp_path / "b", SimpleNamespace(bootstrap=0, figures=True), [])}
     assert names == {"fit.json", "depth.json", "depth_loss.png"}
+
+
+def test_diverged_members_leave_depths_out_and_json_stays_strict(tmp_path):
+    """2 of 3 runs diverged at depth 32: its median is +inf, so it is not fitted; windows left with fewer
+    than three depths have no fit; the files hold null, not Infinity/NaN; the printout names the failures."""
+    ds = results({1.0: 1.0}).isel(temperature=0)
+    ds["final_test_loss"][:2, 3] = np.nan
+    ds["diverged"][:2, 3] = True
+    rows = [r for r in D.depth_fits(ds, n_boot=50) if r["form"] == "power_law"]
+    by = {tuple(r["window"]): r for r in rows}
+    assert by[(8, 32)]["alpha"] is None and "no fit" in by[(8, 32)]["note"] and by[(8, 32)]["unfitted_depths"] == [32]
+    assert by[(4, 32)]["fitted_depths"] == [4, 8, 16] and by[(4, 32)]["alpha"] == pytest.approx(1.0, abs=0.1)
+    assert by[(8, 32)]["diverged_per_depth"] == [0, 0, 0, 2] and by[(8, 32)]["local_slopes"][2] is None
+    D.analyse(ds, tmp_path, SimpleNamespace(bootstrap=20, figures=True), [])
+    for name in ("fit.json", "depth.json"):
+        json.loads((tmp_path / name).read_text(), parse_constant=lambda c: pytest.fail(f"{name} holds {c}"))
+    assert "diverged: 2/3 at depth 32" in D.describe(D.summarize(ds, n_boot=0))
+
+
+def test_final_values_take_each_members_own_last_evaluation():
+    a = np.full((2, 3, 4), np.nan)          # (member, eval_step, layer)
+    a[0, :3, :2] = [[1, 1], [2, 2], [3, 3]]
+    a[1, :2, :2] = [[5, 5], [6, 6]]          # a shorter run: NaN at the last evaluation
+    da = xr.DataArray(a, dims=("depth", "eval_step", "layer"))
+    np.testing.assert_array_equal(D.final_values(da).values[:, :2], [[3, 3], [6, 6]])

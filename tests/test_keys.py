@@ -111,6 +111,8 @@ CHECKED: dict[str, tuple] = {
     "task.n_classes": (TEACHER, 4),
     "task.teacher_seed": (TEACHER, 1),
     "task.target": (TEACHER, "mse"),
+    "task.head_init": (TEACHER, "normal"),
+    "task.student_head": (TEACHER, "teacher", {"model.head": "none"}),   # width 4 = teacher_width
     "model.input": (TEACHER, "none"),          # width 4 = teacher_width: h_0 = RMSNorm(x) instead of W x + b
     "model.head": (MLP, "linear"),
     "eval.layers": (RESIDUAL, "final"),        # adds the layer_* variables

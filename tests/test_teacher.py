@@ -30,12 +30,15 @@ def task_keys(**kw) -> dict:
 
 
 def keys(**kw):
-    return build_config({"task": task_keys(**kw)}).task
+    return build_config({"task": task_keys(**kw)}, combinations=False).task
 
 
 def config(sweep: dict, task: dict | None = None, model: dict | None = None, steps: int = 30, **sections):
     raw = {"task": task_keys(**(task or {})), "model": {**STUDENT, **(model or {})},
            "train": {"steps": steps, "chunk_steps": steps, "lr": 3e-3}, "eval": {"points": 3}, "sweep": sweep}
+    for key in sweep:   # the sweep sets these: a single value beside the axis would be refused
+        section, _, name = key.partition(".")
+        raw.get(section, {}).pop(name, None)
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     return build_config(raw)
@@ -210,3 +213,65 @@ def test_on_cpu_and_set_can_drop_a_sweep_axis():
     assert set(build_config(raw).sweep) == {"model.depth", "train.seed"}
     with pytest.raises(ConfigError, match=r"^sweep.model.width = \[\]: drops a sweep axis, but the sweep has no axis"):
         build_config(raw, [("sweep.model.width", [])])
+
+
+def test_teacher_weights_and_training_inputs_use_unrelated_keys():
+    """With data_seed = teacher_seed the first training batches are not made from the teacher's keys (the
+    teacher's key is folded into a domain no training step reaches)."""
+    from scipy.stats import spearmanr
+    t = Teacher(keys(teacher_seed=3))
+    w = np.asarray(t.params["w1"]).ravel()[:256]      # a batch holds 32 x 8 inputs
+    for step in range(4):
+        x, _ = t.train_batch(jax.random.key(3), jnp.int32(step), {}, jnp.float32)
+        r = spearmanr(np.asarray(x).ravel(), w)[0]
+        assert abs(r) < 0.2, (step, r)
+
+
+def test_student_reading_through_the_teachers_frozen_head():
+    """student_head = "teacher" (the authors' long tied runs): the student's normed state goes through the
+    teacher's head, both logits divided by T; a zero-init student starts at the normed input's loss."""
+    kw = {"student_head": "teacher", "head_init": "normal"}
+    t = Teacher(keys(**kw))
+    head = np.asarray(t.params["head"], np.float64)
+    assert abs(head.std() * np.sqrt(8) - 1) < 0.3     # N(0, 1/width)
+    assert Teacher.model_io(keys(**kw)) == {"in_dim": 8, "out_dim": 8}
+    out = np.asarray(jax.random.normal(jax.random.key(1), (3, 8)), np.float64)
+    y = np.asarray(jax.random.normal(jax.random.key(2), (3, 5)), np.float64) * 2
+    T = 0.3
+    loss = np.asarray(t.losses(jnp.asarray(out, jnp.float32), jnp.asarray(y, jnp.float32), {"temperature": jnp.float32(T)}))
+    log_softmax = lambda z: z - z.max(-1, keepdims=True) - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    log_p, log_q = log_softmax(y / T), log_softmax(out @ head / T)
+    np.testing.assert_allclose(loss, (np.exp(log_p) * (log_p - log_q)).sum(-1), rtol=1e-4)
+    ds = run_sweep(config({"model.depth": [1, 2]}, kw, {"head": "none", "zero_init": ["proj"]}, steps=2), log=None)[0]
+    x, yt = t.test_set(jnp.float32)
+    expect = np.mean(np.asarray(t.losses(rms_norm(x), yt, {"temperature": jnp.float32(1.0)})))
+    np.testing.assert_allclose(ds.test_loss.isel(eval_step=0).values, expect, rtol=1e-5)
+    with pytest.raises(ConfigError, match=r"^task.student_head = 'teacher' with model.head = 'linear'"):
+        config({}, kw)
+
+
+def test_layer_measures_next_to_plain_groups_and_swept_task_sizes_are_checked():
+    """eval.layers in a sweep over model.residual: the plain group holds NaN; a swept task size that an MLP
+    without input layer cannot take is refused before anything runs."""
+    ds = run_sweep(config({"model.residual": [True, False]}, model={"input": "affine", "head": "affine",
+                                                                      "zero_init": []}, steps=3,
+                          eval={"layers": "final"}), log=None)[0]
+    assert np.isnan(ds.layer_norm.sel(residual=False)).all() and np.isfinite(ds.layer_norm.sel(residual=True)[:2]).all()
+    with pytest.raises(ConfigError, match=r"^model.input = 'none' with model.width = 8: .* in every group"):
+        config({"task.teacher_width": [8, 4]})
+
+
+def test_every_evaluation_with_runs_of_different_lengths():
+    """eval.layers = "every" with a swept train.steps: each member's measures are read at its own last step."""
+    from sweepjax.analysis.depth import angle_summary, final_values
+    ds = run_sweep(config({"train.steps": [4, 8], "model.depth": [3, 4]}, eval={"layers": "every"}), log=None)[0]
+    final = final_values(ds.layer_update_angle)
+    assert "eval_step" not in final.dims
+    short = ds.layer_update_angle.sel(steps=4).sel(eval_step=4)
+    np.testing.assert_array_equal(final.sel(steps=4).values, short.values)
+    assert all(r["middle_update_angle"] is not None for r in angle_summary(ds))
+
+
+def test_dropping_an_axis_resolves_its_alias():
+    raw = {"task": dict(TASK), "model": dict(STUDENT), "sweep": {"model.depth": [1, 2], "seed": [0, 1]}}
+    assert list(build_config(raw, [("sweep.train.seed", [])]).sweep) == ["model.depth"]

@@ -21,7 +21,6 @@ inside the functions that use them.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import tomllib
@@ -104,7 +103,11 @@ def depth_fits(ds, n_boot: int = 1000, level: float = 0.95, forms=("power_law", 
     every window of three or more consecutive depths (window sensitivity), with a percentile bootstrap
     over runs. One row per (other swept values: temperature, teacher ...; form; window); ``headline``
     marks the window of :func:`headline_window`. Also ``local_slopes``: -d log L / d log depth between
-    neighbouring depths of the medians."""
+    neighbouring depths of the medians (None where a median is not finite).
+
+    A diverged member counts as the worst loss (+inf, as in every fit here): a depth where half or more of
+    the runs diverged has median +inf and is left out (``unfitted_depths``, ``diverged_per_depth``); a
+    window with fewer than three fitted depths has no fit (``note``). Non-finite numbers are None."""
     from sweepjax.analysis.scaling import fit_medians
     from sweepjax.fit.inputs import reduce_runs
     from sweepjax.fit.io import sweep_slices
@@ -114,20 +117,54 @@ def depth_fits(ds, n_boot: int = 1000, level: float = 0.95, forms=("power_law", 
     for part in sweep_slices(ds, "depth", "final_test_loss", _run_dims(ds), log=log).values():
         depths = [int(d) for d in part.x[:, 0]]
         med = reduce_runs(part.y, "median")
-        slopes = [float(-np.log(med[i + 1] / med[i]) / np.log(depths[i + 1] / depths[i]))
-                  if med[i] > 0 and med[i + 1] > 0 else None for i in range(len(depths) - 1)]
+        ok = np.isfinite(med) & (med > 0)
+        slopes = [float(-np.log(med[i + 1] / med[i]) / np.log(depths[i + 1] / depths[i])) if ok[i] and ok[i + 1]
+                  else None for i in range(len(depths) - 1)]
+        diverged = np.isposinf(part.y).sum(axis=0)
         head = headline_window(depths)
         for form in forms:
             for lo, hi in _windows(depths):
                 keep = (part.x[:, 0] >= lo) & (part.x[:, 0] <= hi)
-                sub = dataclasses.replace(part, x=part.x[keep], y=part.y[:, keep])
-                fit = fit_medians(sub.x[:, 0], sub.y, form, n_boot, seed, level)
-                rows.append({"slice": {k: (v.item() if hasattr(v, "item") else v) for k, v in part.sel.items()},
-                             "form": form, "window": [lo, hi], "headline": (lo, hi) == head,
-                             "depths": depths, "median_loss": [float(v) for v in med], "local_slopes": slopes,
-                             "runs": int(part.y.shape[0]), "loss": part.label, "alpha": None, "alpha_ci": None,
-                             "params": {}, "note": "", "level": level, **fit})
+                row = {"slice": {k: (v.item() if hasattr(v, "item") else v) for k, v in part.sel.items()},
+                       "form": form, "window": [lo, hi], "headline": (lo, hi) == head, "depths": depths,
+                       "median_loss": [float(v) if np.isfinite(v) else None for v in med], "local_slopes": slopes,
+                       "diverged_per_depth": diverged.tolist(), "runs": int(part.y.shape[0]),
+                       "fitted_depths": [d for d, k, o in zip(depths, keep, ok) if k and o],
+                       "unfitted_depths": [d for d, k, o in zip(depths, keep, ok) if k and not o],
+                       "loss": part.label, "alpha": None, "alpha_ci": None, "params": {}, "note": "", "level": level}
+                if len(row["fitted_depths"]) < 3:
+                    row["note"] = (f"no fit: {len(row['fitted_depths'])} of the window's depths have a finite median "
+                                   f"loss (unfitted: {row['unfitted_depths']})")
+                else:
+                    fit = fit_medians(part.x[keep, 0], part.y[:, keep], form, n_boot, seed, level)
+                    row.update(fit)
+                rows.append(row)
     return rows
+
+
+def finite_json(obj):
+    """``obj`` with every non-finite float replaced by None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def final_values(da):
+    """``da`` at each member's own last evaluation with a finite value (``eval.layers = "every"`` with a swept
+    ``train.steps``: shorter runs end earlier); ``da`` itself when it has no ``eval_step`` dim."""
+    if "eval_step" not in da.dims:
+        return da
+    da = da.transpose(..., "eval_step", "layer")
+    arr = np.asarray(da.values)
+    seen = np.isfinite(arr).any(-1)                                   # (..., eval_step)
+    n = seen.shape[-1]
+    last = np.where(seen.any(-1), n - 1 - np.argmax(seen[..., ::-1], axis=-1), n - 1)
+    picked = np.take_along_axis(arr, last[..., None, None], axis=-2)[..., 0, :]
+    return da.isel(eval_step=0, drop=True).copy(data=picked)
 
 
 def middle(values, depth: int):
@@ -144,9 +181,7 @@ def angle_summary(ds) -> list[dict]:
     over its middle layers (:func:`middle`), at its final evaluation."""
     if "layer_update_angle" not in ds:
         return []
-    da = ds["layer_update_angle"]
-    if "eval_step" in da.dims:
-        da = da.isel(eval_step=-1)
+    da = final_values(ds["layer_update_angle"])
     runs = _run_dims(ds)
     other = [d for d in da.dims if d not in runs + ["layer"]]
     out = []
@@ -161,21 +196,22 @@ def angle_summary(ds) -> list[dict]:
 
 
 def teacher_metrics(ds, probe: int = 512) -> list[dict]:
-    """The layer measures of the teacher itself (each value of a swept ``task.teacher``), on the first
-    ``probe`` test inputs: a check of the generator (independent layers: update angle ~pi/2; tied: ~0)."""
+    """The layer measures of the teacher itself (each value of a swept ``task.teacher`` and
+    ``task.teacher_seed``), on the first ``probe`` test inputs: a check of the generator (independent
+    layers: update angle ~pi/2; tied: ~0)."""
     from sweepjax.results import saved_task
     from sweepjax.tasks.teacher import Keys, Teacher
     table = saved_task(ds)
-    kinds = ds["teacher"].values.tolist() if "teacher" in ds.dims else [table.get("teacher", Keys.teacher)]
+    values_of = lambda dim, key: ds[dim].values.tolist() if dim in ds.dims else [table.get(key, getattr(Keys, key))]
     out = []
-    for kind in kinds:
-        keys = Keys(**{**table, "teacher": kind})
+    for kind, seed in itertools.product(values_of("teacher", "teacher"), values_of("teacher_seed", "teacher_seed")):
+        keys = Keys(**{**table, "teacher": kind, "teacher_seed": seed})
         task = Teacher(keys)
         x, _ = task.test_set(jnp.float32)
         states = task.states(x[:probe])
         L = keys.teacher_depth
         values = np.asarray(layer_metrics(states, L))
-        row = {"teacher": kind, "teacher_depth": L, "layers": {k: values[i].tolist() for i, k in enumerate(LAYER_METRICS)
+        row = {"teacher": kind, "teacher_seed": seed, "teacher_depth": L, "layers": {k: values[i].tolist() for i, k in enumerate(LAYER_METRICS)
                                                               if k != "loss"}}
         row["middle_update_angle"] = float(np.nanmean(middle(values[LAYER_METRICS.index("update_angle")], L)))
         out.append(row)
@@ -202,7 +238,8 @@ def plot_loss(rows: list[dict], path) -> Path:
     heads = [r for r in rows if r["headline"] and r["form"] == "power_law"]
     for i, r in enumerate(heads):
         c = f"C{i % 10}"
-        ax.plot(r["depths"], r["median_loss"], "o", color=c, label=_label(r["slice"]) if len(heads) > 1 else None)
+        y = [np.nan if v is None else v for v in r["median_loss"]]
+        ax.plot(r["depths"], y, "o", color=c, label=_label(r["slice"]) if len(heads) > 1 else None)
         if r["alpha"] is not None:
             x = np.geomspace(*r["window"], 50)
             ci = f" [{r['alpha_ci'][0]:.2f}, {r['alpha_ci'][1]:.2f}]" if r.get("alpha_ci") else ""
@@ -212,7 +249,8 @@ def plot_loss(rows: list[dict], path) -> Path:
            title="Loss vs depth")
     ax.set_xticks(heads[0]["depths"] if heads else [], [str(d) for d in (heads[0]["depths"] if heads else [])])
     ax.minorticks_off()
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     return save(fig, path)
 
 
@@ -227,9 +265,7 @@ def plot_layers(ds, metric: str, path, teachers: list[dict] | None = None, log_y
     student depth; one panel per :func:`_layer_panels` selection; the teacher's own curve (dashed) when
     ``teachers`` (:func:`teacher_metrics`) is given."""
     from sweepjax.plots import plt, save
-    da = ds[f"layer_{metric}"]
-    if "eval_step" in da.dims:
-        da = da.isel(eval_step=-1)
+    da = final_values(ds[f"layer_{metric}"])
     runs = _run_dims(ds)
     panels = _layer_panels(ds)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
@@ -242,8 +278,11 @@ def plot_layers(ds, metric: str, path, teachers: list[dict] | None = None, log_y
             y = np.asarray(v.values)[: depth + 1]
             ax.plot(np.arange(len(y)) / depth, y, "o-" if depth <= 16 else "-", ms=2.5, lw=1,
                     color=plt.cm.viridis(i / max(len(depths) - 1, 1)), label=f"student depth {depth}")
+        first_seed = {}
         for t in teachers or []:
-            if sel.get("teacher", t["teacher"]) == t["teacher"] and metric in t["layers"]:
+            first_seed.setdefault(t["teacher"], t["teacher_seed"])
+            if (sel.get("teacher", t["teacher"]) == t["teacher"] and metric in t["layers"]
+                    and t["teacher_seed"] == first_seed[t["teacher"]]):
                 y = np.asarray(t["layers"][metric], float)
                 ax.plot(np.arange(len(y)) / t["teacher_depth"], y, "--", color="0.4", lw=1,
                         label=f"{t['teacher']} teacher (depth {t['teacher_depth']})")
@@ -294,14 +333,16 @@ def describe(summary: dict) -> str:
         ci = f" [{r['alpha_ci'][0]:.3f}, {r['alpha_ci'][1]:.3f}]" if r.get("alpha_ci") else ""
         a = f"{r['alpha']:.3f}{ci}" if r["alpha"] is not None else r["note"]
         slopes = ", ".join("-" if s is None else f"{s:.2f}" for s in r["local_slopes"])
+        failed = ", ".join(f"{n}/{r['runs']} at depth {d}" for d, n in zip(r["depths"], r["diverged_per_depth"]) if n)
+        few = " (so few runs: the interval is little more than their spread)" if 1 < r["runs"] < 4 else ""
         lines.append(f"depth fit ({_label(r['slice'])}): a_l = {a} over depths {r['window'][0]}-{r['window'][1]} "
-                     f"({r['runs']} runs); local slopes {slopes}")
+                     f"({r['runs']} runs{few}); local slopes {slopes}" + (f"; diverged: {failed}" if failed else ""))
     for r in summary["angles"]:
         if r["middle_update_angle"] is not None:
             sel = {k: v for k, v in r.items() if k not in ("middle_update_angle", "runs")}
             lines.append(f"student {_label(sel)}: middle-layer update angle {r['middle_update_angle']:.3f} rad")
     for t in summary["teachers"]:
-        lines.append(f"{t['teacher']} teacher (depth {t['teacher_depth']}): middle-layer update angle "
+        lines.append(f"{t['teacher']} teacher (depth {t['teacher_depth']}, seed {t['teacher_seed']}): middle-layer update angle "
                      f"{t['middle_update_angle']:.3f} rad")
     return "\n".join(lines)
 
@@ -334,9 +375,9 @@ def analyse(ds, out, run_cfg, width_rows: list[dict], log=None, warn=None) -> li
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if summary["fits"]:
-        atomic_write(out / FIT_FILE, lambda p: p.write_text(json.dumps(summary["fits"], indent=2)))
+        atomic_write(out / FIT_FILE, lambda p: p.write_text(json.dumps(finite_json(summary["fits"]), indent=2)))
         written.append(out / FIT_FILE)
     layers = {k: v for k, v in summary.items() if k != "fits"}
-    atomic_write(out / "depth.json", lambda p: p.write_text(json.dumps(layers, indent=2)))
+    atomic_write(out / "depth.json", lambda p: p.write_text(json.dumps(finite_json(layers), indent=2)))
     written.append(out / "depth.json")
     return written + (make_figures(ds, out / FIGURES_DIR, summary) if run_cfg.figures else [])

@@ -103,9 +103,11 @@ class GroupProgram:
         self.probes = self.family.PROBES if cfg.eval.activations else ()
         self.shared = self.task.SHARED_BATCH and self.fresh
         # eval.layers: the layer measures of each member, on a layer axis as long as the sweep's deepest member
-        self.layer_slots = {"off": 0, "final": 1, "every": len(sweep_eval_steps(cfg))}[cfg.eval.layers]
+        # (residual MLP groups; the others of a sweep over model.residual hold NaN, see run_group)
+        self.layer_slots = layer_slots(cfg) if cfg.model.family == "mlp" and cfg.model.residual else 0
         self.layer_count = max(axis(cfg, "model.depth")) + 1
         self.steps = sweep_eval_steps(cfg)   # shared by every group of the sweep (one eval_step axis)
+        self.final_slot = jnp.asarray(np.isin(self.steps, axis(cfg, "train.steps")))   # some member's last step
         # The member axis is sharded over all devices (a no-op on one device).
         self.n_devices = jax.device_count() if cfg.run.shard_members else 1
         mesh = Mesh(np.array(jax.devices()[: self.n_devices]), ("members",))
@@ -259,9 +261,12 @@ class GroupProgram:
                 values = self.task.records(test_losses, lambda x: self._apply(params, x, m), m["task"])
                 out["records"] = {k: put(s["records"][k], values[k].astype(self.dtype)) for k in self.record_shapes}
             if self.layer_slots:   # "every": at each evaluation; "final": at the member's own last step only
-                at = slot if self.layer_slots > 1 else 0
-                write = live if self.layer_slots > 1 else t == m["steps"]
-                buf, values = s["layers"], self._layers(params, m)
+                every = self.cfg.eval.layers == "every"
+                at = slot if every else 0
+                write = live if every else t == m["steps"]
+                buf = s["layers"]
+                values = self._layers(params, m) if every else jax.lax.cond(   # computed only at final steps
+                    self.final_slot[slot], lambda: self._layers(params, m), lambda: jnp.full(buf.shape[1:], nan))
                 out["layers"] = buf.at[at].set(jnp.where(write & ~diverged, values,
                                                          jnp.where(write, nan, buf[at])))
             return out
@@ -344,6 +349,11 @@ class GroupProgram:
     def predict(self, params: dict, members: dict) -> np.ndarray:
         """Final predictions on the test grid, (n, test_size)."""
         return to_host(self._predict(params, members))
+
+
+def layer_slots(cfg: Config) -> int:
+    """Evaluations ``eval.layers`` keeps per member: 0 (off), 1 (final) or every evaluation."""
+    return {"off": 0, "final": 1, "every": len(sweep_eval_steps(cfg))}[cfg.eval.layers]
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -439,9 +449,12 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
     cat = lambda k: np.concatenate([p[k] for p in parts]) if k in parts[0] else None
     params = {k[len("params/"):]: cat(k) for k in parts[0] if k.startswith("params/")} or None
     records = {k[len("records/"):]: cat(k) for k in parts[0] if k.startswith("records/")}
+    layers = cat("layers")
+    if layers is None and cfg.eval.layers != "off":   # a plain-MLP group of a sweep over model.residual
+        layers = np.full((n, layer_slots(cfg), len(LAYER_METRICS), program.layer_count), np.nan)
     test_loss = cat("test_loss")
     last = np.searchsorted(program.steps, group.values["train.steps"])   # each member's own last step
     return GroupOutput(cat("train_loss"), test_loss, cat("diverged"), cat("diverged_step"),
-                       cat("converged_step"), cat("predictions"), cat("activations"), records, cat("layers"), params,
+                       cat("converged_step"), cat("predictions"), cat("activations"), records, layers, params,
                        compile_s, run_s,
                        test_loss[np.arange(n), last])

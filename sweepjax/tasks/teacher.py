@@ -13,7 +13,10 @@ Targets (``task.target``):
 
 * ``"kl"``: y = the teacher's logits; the loss is KL(softmax(y / T) || softmax(student logits)) in nats,
   summed over classes, at the member's ``task.temperature`` T (a per-member number: a temperature sweep is
-  one program; the student learns its own head and is not divided by T);
+  one program). With ``student_head = "own"`` the student learns its own head and is not divided by T
+  (the authors' exp-9-1); with ``"teacher"`` the student has no head (``model.head = "none"``), its
+  normed final state goes through the teacher's frozen head and is divided by T too (their long tied
+  runs, exp-9-3, whose head is ``head_init = "normal"``: N(0, 1/width));
 * ``"mse"``: y = RMSNorm(h_L) of the teacher; the student has no head (``model.head = "none"``) and the
   loss is the squared error averaged over the ``teacher_width`` components.
 
@@ -34,7 +37,9 @@ from sweepjax.losses import kl_divergence, squared_error
 from sweepjax.models.common import ACTIVATIONS
 from sweepjax.tasks.base import Task
 
-TEST_FOLD = 2**31 - 1   # fold_in index of the test set's key (beyond every training step)
+TEST_FOLD = 2**31 - 1     # fold_in index of the test inputs' key (beyond every training step)
+TEACHER_FOLD = 2**31 - 2  # fold_in index of the teacher weights' key: never a training step's key (fold_in(data
+                          # key, step)), even where data_seed = teacher_seed
 EPS = 1e-6              # RMSNorm epsilon, the same as the students' (sweepjax.models.common.normalize)
 
 
@@ -49,6 +54,11 @@ class Keys(TaskConfig):
     teacher_seed: int = 0            # seed of the teacher's weights and of the test inputs
     target: str = "kl"               # "kl" (teacher softmax at temperature) or "mse" (teacher's final normed state)
     temperature: float = 1.0         # target "kl": T of the teacher's softmax (per member)
+    head_init: str = "uniform"       # the teacher's head: "uniform" U(+-1/sqrt(width)) (PyTorch's default) or
+                                     # "normal" N(0, 1/width) (the authors' frozen-head runs)
+    student_head: str = "own"        # target "kl": "own" (the student learns its head; only the teacher is divided
+                                     # by T) or "teacher" (the student's normed final state goes through the
+                                     # teacher's frozen head and both logits are divided by T; model.head = "none")
     test_size: int = 4096            # test inputs
 
 
@@ -61,14 +71,15 @@ def teacher_params(cfg: Keys) -> dict[str, jax.Array]:
     """The teacher's weights: ``w1`` (L, W, H), ``b1`` (L, H), ``w2`` (L, H, W) (already scaled by
     1/sqrt(L)), ``head`` (W, n_classes); with ``teacher = "tied"`` every layer is a copy of layer 0."""
     L, W, H = cfg.teacher_depth, cfg.teacher_width, cfg.teacher_hidden
-    k1, kb, k2, kh = jax.random.split(jax.random.key(cfg.teacher_seed), 4)
+    k1, kb, k2, kh = jax.random.split(jax.random.fold_in(jax.random.key(cfg.teacher_seed), TEACHER_FOLD), 4)
     layers = 1 if cfg.teacher == "tied" else L
     u = lambda key, shape, fan_in: jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0) / jnp.sqrt(fan_in)
     p = {"w1": u(k1, (layers, W, H), W), "b1": u(kb, (layers, H), W),
          "w2": u(k2, (layers, H, W), H) / jnp.sqrt(float(L))}
     if cfg.teacher == "tied":
         p = {k: jnp.broadcast_to(v, (L,) + v.shape[1:]) for k, v in p.items()}
-    p["head"] = u(kh, (W, cfg.n_classes), W)
+    p["head"] = (u(kh, (W, cfg.n_classes), W) if cfg.head_init == "uniform"
+                 else jax.random.normal(kh, (W, cfg.n_classes), jnp.float32) / jnp.sqrt(float(W)))
     return p
 
 
@@ -92,14 +103,14 @@ class Teacher(Task):
     FAMILIES = ("mlp",)
     MEMBER_KEYS = ("task.temperature",)
     SHARED_BATCH = True
-    CHOICES = {"task.teacher": ("independent", "tied"), "task.target": ("kl", "mse")}
+    CHOICES = {"task.teacher": ("independent", "tied"), "task.target": ("kl", "mse"),
+               "task.head_init": ("uniform", "normal"), "task.student_head": ("own", "teacher")}
     MINIMUM = {"task.teacher_depth": (1, True), "task.teacher_width": (1, True), "task.teacher_hidden": (1, True),
                "task.n_classes": (2, True), "task.teacher_seed": (0, True), "task.temperature": (0, False)}
     MAXIMUM = {"task.teacher_depth": 4096, "task.teacher_width": 2**14, "task.teacher_hidden": 2**16,
                "task.n_classes": 2**20}
-    APPLIES = {"task.temperature": ({"task.target": ("kl",)},), "task.n_classes": ({"task.target": ("kl",)},)}
-    WHY = {"task.temperature": "the MSE target is the teacher's final state, not its softmax",
-           "task.n_classes": "the MSE target is the teacher's final state, not its softmax"}
+    APPLIES = {f"task.{k}": ({"task.target": ("kl",)},) for k in ("temperature", "n_classes", "head_init", "student_head")}
+    WHY = {k: "the MSE target is the teacher's final state, not its softmax" for k in APPLIES}
     STUDY = "sweepjax.analysis.depth"
 
     def __init__(self, cfg: Keys):
@@ -107,8 +118,19 @@ class Teacher(Task):
         self.params = teacher_params(cfg)
 
     @classmethod
+    def check(cls, cfg) -> None:
+        from sweepjax.config import ConfigError, axis
+        frozen_head = "kl" in axis(cfg, "task.target") and "teacher" in axis(cfg, "task.student_head")
+        if frozen_head and axis(cfg, "model.head") != ["none"]:
+            raise ConfigError(f"task.student_head = 'teacher' with model.head = {cfg.model.head!r}: the teacher's "
+                              f"frozen head reads the student's final normed state; set model.head = 'none'")
+        if len(axis(cfg, "task.student_head")) > 1:
+            raise ConfigError("sweep.task.student_head: 'own' and 'teacher' need different model heads; run one sweep each")
+
+    @classmethod
     def model_io(cls, keys: Keys) -> dict[str, int]:
-        return {"in_dim": keys.teacher_width, "out_dim": keys.n_classes if keys.target == "kl" else keys.teacher_width}
+        own_logits = keys.target == "kl" and keys.student_head == "own"
+        return {"in_dim": keys.teacher_width, "out_dim": keys.n_classes if own_logits else keys.teacher_width}
 
     @classmethod
     def loss_unit(cls, keys: Keys) -> str:
@@ -141,6 +163,9 @@ class Teacher(Task):
         return x, self.targets(x, dtype)
 
     def losses(self, outputs: jax.Array, y: jax.Array, m: dict) -> jax.Array:
+        if self.cfg.target == "kl" and self.cfg.student_head == "teacher":   # frozen teacher head, both / T
+            logits = outputs.astype(jnp.float32) @ self.params["head"] / m["temperature"]
+            return kl_divergence(logits, y, m["temperature"])
         if self.cfg.target == "kl":
             return kl_divergence(outputs, y, m["temperature"])
         return squared_error(outputs, y)
