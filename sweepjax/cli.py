@@ -94,6 +94,21 @@ def cmd_qdg(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    """Ensemble loss vs K for every point of a sweep with saved predictions: the table, and a figure."""
+    from sweepjax import ensemble, results
+    try:
+        ds = results.load(args.dir)
+        ks = [int(k) for k in args.k.split(",")] if args.k else None
+        rows = ensemble.ensemble_table(ds, ks, by=args.by or None, over=args.over, mode=args.mode, draws=args.draws)
+    except (ValueError, FileNotFoundError, OSError, KeyError) as e:
+        raise ConfigError(str(e)) from None
+    print(ensemble.describe(rows))
+    if args.plot:
+        print(f"wrote: {ensemble.plot_table(rows, args.plot, args.by)}")
+    return 0
+
+
 def cmd_coordcheck(args: argparse.Namespace) -> int:
     """Train the config's widths for a few steps under SP and muP; table of activation spreads and a figure."""
     import jax
@@ -184,6 +199,17 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--json", help="summary path (default RESULTS_DIR/qdg.json)")
     q.add_argument("--plot", help="figure path (default RESULTS_DIR/figures/qdg_rank_frequency.png)")
     q.set_defaults(func=cmd_qdg)
+    e = sub.add_parser("ensemble", help="loss of ensembles of K members vs K (results with saved predictions)")
+    e.add_argument("dir", metavar="RESULTS_DIR")
+    e.add_argument("--by", default="width", help="size dim to compare K members of size N with one of K x N "
+                                                  "parameters ('' for none; default width)")
+    e.add_argument("--over", default="seed", help="dim whose members are combined (default seed)")
+    e.add_argument("--k", help="ensemble sizes, e.g. 1,2,4,8 (default: powers of two)")
+    e.add_argument("--mode", choices=("random", "best"), default="random",
+                   help="random K members, or the K best by validation loss")
+    e.add_argument("--draws", type=int, default=200, help="random draws per K")
+    e.add_argument("--plot", help="write the figure here")
+    e.set_defaults(func=cmd_ensemble)
     i = sub.add_parser("info", help="devices and versions")
     i.set_defaults(func=cmd_info)
     # The fit parser lives with the fitting library, which imports JAX: it is built only when

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from sweepjax.analysis.ensemble import ensemble_vs_wide
 from sweepjax.analysis.mirror import mirror_distances
 from sweepjax.analysis.scaling import plot_scaling, slice_name, slices
 from sweepjax.files import FIGURES_DIR
@@ -28,26 +27,14 @@ def plot_histogram(ds: xr.Dataset, path: Path, width: int = 2) -> Path:
 
 
 def plot_ensemble(ds: xr.Dataset, path: Path, draws: int = 100) -> Path:
-    """K nets of width N averaged vs one net of width K*N, against total hidden units K*N."""
-    from sweepjax.plots import plt, save, width_ticks
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    """K nets of width N averaged vs one net with K times its parameters (:func:`sweepjax.ensemble.ensemble_table`
+    at the narrowest width), against K."""
+    from sweepjax.ensemble import ensemble_table, plot_table
     base = int(ds["width"].values.min())
     n_seeds = ds.sizes.get("seed", 1)
-    ks = [k for k in 2 ** np.arange(0, 16) if k <= n_seeds]
-    for i, sel in enumerate(slices(ds, ("seed", "width"))):
-        rows = ensemble_vs_wide(ds, base, ks, draws=draws, **sel)
-        kn = np.array([r["wide_width"] for r in rows])
-        ax.plot(kn, [r["ensemble_median"] for r in rows], "o-", color=f"C{i}",
-                label=f"{slice_name(sel)}: mean of K nets of width {base}")
-        ax.fill_between(kn, [r["ensemble_q25"] for r in rows], [r["ensemble_q75"] for r in rows],
-                        color=f"C{i}", alpha=0.2, lw=0)
-        ax.plot(kn, [r["wide_median"] for r in rows], "s--", color=f"C{i}", mfc="none",
-                label=f"{slice_name(sel)}: one net of width K*{base}")
-    ax.set(xscale="log", yscale="log", xlabel="total hidden units K*N", ylabel="test MSE",
-           title="Ensemble of K small nets vs one wide net")
-    width_ticks(ax, kn)
-    ax.legend(fontsize=7)
-    return save(fig, path)
+    ks = [int(k) for k in 2 ** np.arange(0, 16) if k <= n_seeds]
+    rows = [r for r in ensemble_table(ds, ks, by="width", draws=draws) if r["width"] == base]
+    return plot_table(rows, path, by="width")
 
 
 def plot_mirror(ds: xr.Dataset, path: Path, tol: float = 0.05, **sel) -> Path:

@@ -1,0 +1,170 @@
+"""Ensembles of trained members: the loss of the average of K members' predictions as a function of K.
+
+Works on a results Dataset saved with ``eval.save_predictions = true`` (``predictions``: sweep dims +
+``x``, and ``test_target``). Members are combined as the task's outputs combine: the mean of the
+outputs (squared error, the only saved predictions so far: scalar-output tasks). Diverged members (NaN
+predictions) are left out and counted.
+
+Two ways to pick K members out of the runs of one point (the ``over`` dim, ``seed`` by default):
+
+* ``mode = "random"``: ``draws`` random subsets of K members (without replacement);
+* ``mode = "best"``: the K members with the lowest VALIDATION loss ("tickets"). The test points are split
+  in two alternating halves: members are ranked on the even points (validation) and every ensemble, in
+  both modes, is scored on the odd points, so a best-K ensemble is never chosen on the points that score it.
+
+Everything for one point is one jitted computation, vectorised over K and draws: weights (K, draws,
+members) times predictions (members, points).
+"""
+from __future__ import annotations
+
+import itertools
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+MODES = ("random", "best")
+
+
+@partial(jax.jit, static_argnames=("draws", "best"))
+def _losses(pred: jax.Array, target: jax.Array, ok: jax.Array, val: jax.Array, ks: jax.Array, key: jax.Array,
+            draws: int, best: bool) -> jax.Array:
+    """(len(ks), draws) squared errors of K-member means on the scoring points; NaN where K > members."""
+    m = pred.shape[0]
+    if best:   # rank by validation loss (diverged members last); one "draw", repeated
+        score = jnp.where(ok, val, jnp.inf)[None, :].repeat(draws, 0)
+    else:
+        score = jnp.where(ok, jax.random.uniform(key, (draws, m)), jnp.inf)
+    rank = jnp.argsort(jnp.argsort(score, axis=1), axis=1)                       # (draws, m)
+    weights = (rank[None] < ks[:, None, None]) / ks[:, None, None]               # (K, draws, m)
+    mean = jnp.einsum("kdm,mp->kdp", weights, jnp.where(ok[:, None], pred, 0.0))
+    loss = jnp.mean(jnp.square(mean - target), axis=-1)
+    return jnp.where(ks[:, None] <= jnp.sum(ok), loss, jnp.nan)
+
+
+def ensemble_losses(pred: np.ndarray, target: np.ndarray, ks, draws: int = 100, mode: str = "random",
+                    seed: int = 0) -> np.ndarray:
+    """Losses of K-member ensembles of the members ``pred`` (members, points) against ``target`` (points):
+    (len(ks), draws), scored on the odd points (see the module docstring); rows with K larger than the
+    number of finite members are NaN. ``mode = "best"`` repeats its one ensemble in every draw."""
+    if mode not in MODES:
+        raise ValueError(f"mode = {mode!r}: one of {', '.join(MODES)}")
+    pred, target = np.asarray(pred, np.float32), np.asarray(target, np.float32)
+    if pred.ndim != 2 or target.shape != pred.shape[1:] or pred.shape[1] < 2:
+        raise ValueError(f"predictions {pred.shape} and target {target.shape}: need (members, points) and (points,), "
+                         f"points >= 2")
+    ks = np.asarray(list(ks), np.int32)
+    if ks.size == 0 or ks.min() < 1:
+        raise ValueError(f"ks = {ks.tolist()}: ensemble sizes are >= 1")
+    ok = np.all(np.isfinite(pred), axis=1)
+    val = np.mean(np.square(np.nan_to_num(pred[:, 0::2]) - target[0::2]), axis=1)
+    out = _losses(jnp.asarray(pred[:, 1::2]), jnp.asarray(target[1::2]), jnp.asarray(ok), jnp.asarray(val),
+                  jnp.asarray(ks), jax.random.key(seed), draws, mode == "best")
+    return np.asarray(out, np.float64)
+
+
+def _size_of(ds: xr.Dataset, sel: dict) -> float | None:
+    """Parameters of one member at ``sel`` (stored counts), None without them."""
+    if "n_params" not in ds:
+        return None
+    counts = ds["n_params"].sel(sel)
+    return float(counts.max()) if counts.size else None
+
+
+def ensemble_table(ds: xr.Dataset, ks=None, by: str | None = "width", over: str = "seed", mode: str = "random",
+                   draws: int = 200, seed: int = 0) -> list[dict]:
+    """Ensemble loss vs K for every point of the sweep: one row per (value of the other dims, K).
+
+    ``over``: the dim whose members are combined (``seed``); ``by``: the size dim (``width``, ``depth`` ...)
+    against which each ensemble of K members of size N is compared with one member of K x N parameters
+    (the size whose stored ``n_params`` is nearest K times N's, within 25%; its median over ``over``).
+    ``ks``: ensemble sizes (default powers of two up to the number of members). Each row: the point's
+    coordinates, ``K``, ``members`` (finite), ``diverged``, ``median``/``q25``/``q75`` over the draws (the
+    one best-K ensemble: all three equal), ``single`` (median member loss on the same points), and with
+    ``by``: ``n_params`` (K x N's), ``matched`` (the size used) and ``matched_loss``.
+    """
+    if "predictions" not in ds or "test_target" not in ds:
+        raise ValueError("these results hold no predictions: run the sweep with eval.save_predictions = true")
+    if over not in ds["predictions"].dims:
+        raise ValueError(f"over = {over!r} is not a dim of the predictions (dims: {list(ds['predictions'].dims)})")
+    if by is not None and by not in ds.dims:
+        raise ValueError(f"by = {by!r} is not a dim of the results (dims: {list(ds.dims)})")
+    pred = ds["predictions"]
+    other = [d for d in pred.dims if d not in (over, "x")]
+    n = pred.sizes[over]
+    ks = [int(k) for k in (ks if ks is not None else 2 ** np.arange(int(np.log2(n)) + 1))]
+    target = ds["test_target"].values
+    singles = {}
+    rows = []
+    for combo in itertools.product(*(ds[d].values.tolist() for d in other)):
+        sel = dict(zip(other, combo))
+        p = pred.sel(sel).transpose(over, "x").values
+        losses = ensemble_losses(p, target, ks, draws, mode, seed)
+        ok = np.all(np.isfinite(p), axis=1)
+        per_member = np.mean(np.square(p[ok][:, 1::2] - target[1::2]), axis=1)
+        singles[tuple(combo)] = float(np.median(per_member)) if per_member.size else float("nan")
+        for k, row in zip(ks, losses):
+            q25, q50, q75 = (np.nanpercentile(row, q) if np.isfinite(row).any() else np.nan for q in (25, 50, 75))
+            rows.append({**sel, "K": k, "mode": mode, "members": int(ok.sum()), "diverged": int((~ok).sum()),
+                         "median": float(q50), "q25": float(q25), "q75": float(q75),
+                         "single": singles[tuple(combo)]})
+    if by is not None and "n_params" in ds:
+        sizes = ds[by].values.tolist()
+        for row in rows:
+            sel = {d: row[d] for d in other}
+            base = _size_of(ds, sel)
+            target_params = row["K"] * base if base else None
+            cand = []
+            for s in sizes:
+                c = _size_of(ds, {**sel, by: s})
+                if c and target_params and abs(c / target_params - 1) <= 0.25:
+                    cand.append((abs(c / target_params - 1), s))
+            row["n_params"] = target_params
+            row["matched"] = min(cand)[1] if cand else None
+            row["matched_loss"] = (singles[tuple(({**sel, by: row["matched"]})[d] for d in other)]
+                                   if cand else None)
+    return rows
+
+
+def describe(rows: list[dict]) -> str:
+    """The table as text: one line per row."""
+    lines = []
+    for r in rows:
+        point = ", ".join(f"{k}={r[k]}" for k in r if k not in ROW_KEYS)
+        match = (f"; one member with K x N parameters ({r['matched']}): {r['matched_loss']:.4g}"
+                 if r.get("matched") is not None else "")
+        lines.append(f"{point or 'all'} K={r['K']:>4} ({r['mode']}): median {r['median']:.4g} "
+                     f"[{r['q25']:.4g}, {r['q75']:.4g}], single member {r['single']:.4g}, "
+                     f"{r['members']} members ({r['diverged']} diverged){match}")
+    return "\n".join(lines)
+
+
+ROW_KEYS = ("K", "mode", "members", "diverged", "median", "q25", "q75", "single", "n_params", "matched",
+            "matched_loss")
+"""The keys of a table row other than the point's coordinates."""
+
+
+def plot_table(rows: list[dict], path, by: str | None = "width"):
+    """Ensemble loss (median and quartiles over draws) vs K, one line per point; with ``by``, the loss of
+    one member with K x N parameters (dashed) beside it."""
+    from pathlib import Path
+
+    from sweepjax.plots import plt, save
+    points = list(dict.fromkeys(tuple((k, r[k]) for k in r if k not in ROW_KEYS) for r in rows))
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for i, point in enumerate(points):
+        sel = [r for r in rows if tuple((k, r[k]) for k in r if k not in ROW_KEYS) == point]
+        k = np.array([r["K"] for r in sel])
+        label = ", ".join(f"{a}={b}" for a, b in point) or "all"
+        color = f"C{i % 10}"
+        ax.plot(k, [r["median"] for r in sel], "o-", color=color, label=f"{label}: mean of K members")
+        ax.fill_between(k, [r["q25"] for r in sel], [r["q75"] for r in sel], color=color, alpha=0.2, lw=0)
+        matched = [(r["K"], r["matched_loss"]) for r in sel if r.get("matched") is not None]
+        if matched:
+            ax.plot(*zip(*matched), "s--", color=color, mfc="none", label=f"{label}: one member, K x its {by}")
+    ax.set(xscale="log", yscale="log", xlabel="K (members averaged)", ylabel="loss on the scoring points",
+           title=f"Ensembles ({rows[0]['mode']} K)" if rows else "Ensembles")
+    ax.legend(fontsize=6)
+    return save(fig, Path(path))
