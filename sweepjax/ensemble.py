@@ -147,24 +147,32 @@ ROW_KEYS = ("K", "mode", "members", "diverged", "median", "q25", "q75", "single"
 
 
 def plot_table(rows: list[dict], path, by: str | None = "width"):
-    """Ensemble loss (median and quartiles over draws) vs K, one line per point; with ``by``, the loss of
-    one member with K x N parameters (dashed) beside it."""
+    """One panel per value of the dims other than ``by``: for each ``by`` value (one colour) the ensemble
+    loss (median, quartiles shaded) vs the total parameters of its K members (vs K without stored counts),
+    and the loss of single members of every size (black dashed): where a coloured line lies below the
+    black one, K small members beat one member with as many parameters."""
     from pathlib import Path
 
     from sweepjax.plots import plt, save
-    points = list(dict.fromkeys(tuple((k, r[k]) for k in r if k not in ROW_KEYS) for r in rows))
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for i, point in enumerate(points):
-        sel = [r for r in rows if tuple((k, r[k]) for k in r if k not in ROW_KEYS) == point]
-        k = np.array([r["K"] for r in sel])
-        label = ", ".join(f"{a}={b}" for a, b in point) or "all"
-        color = f"C{i % 10}"
-        ax.plot(k, [r["median"] for r in sel], "o-", color=color, label=f"{label}: mean of K members")
-        ax.fill_between(k, [r["q25"] for r in sel], [r["q75"] for r in sel], color=color, alpha=0.2, lw=0)
-        matched = [(r["K"], r["matched_loss"]) for r in sel if r.get("matched") is not None]
-        if matched:
-            ax.plot(*zip(*matched), "s--", color=color, mfc="none", label=f"{label}: one member, K x its {by}")
-    ax.set(xscale="log", yscale="log", xlabel="K (members averaged)", ylabel="loss on the scoring points",
-           title=f"Ensembles ({rows[0]['mode']} K)" if rows else "Ensembles")
-    ax.legend(fontsize=6)
+    point = lambda r: {k: r[k] for k in r if k not in ROW_KEYS}
+    panels = list(dict.fromkeys(tuple((k, v) for k, v in point(r).items() if k != by) for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    counted = all(r.get("n_params") for r in rows)
+    for ax, panel in zip(axes[0], panels):
+        sel = [r for r in rows if all(r[k] == v for k, v in panel)]
+        sizes = list(dict.fromkeys(r[by] for r in sel)) if by else [None]
+        for i, size in enumerate(sizes):
+            line = [r for r in sel if by is None or r[by] == size]
+            x = [r["n_params"] if counted else r["K"] for r in line]
+            color = plt.cm.viridis(i / max(len(sizes) - 1, 1))
+            ax.plot(x, [r["median"] for r in line], "o-", ms=3, color=color, label=f"{by}={size}" if by else "K members")
+            ax.fill_between(x, [r["q25"] for r in line], [r["q75"] for r in line], color=color, alpha=0.15, lw=0)
+        if by and counted:
+            ones = sorted((r["n_params"], r["single"]) for r in sel if r["K"] == 1)
+            ax.plot(*zip(*ones), "k--", lw=1.2, label="one member (median)")
+        ax.set(xscale="log", yscale="log", xlabel="parameters of the K members together" if counted else "K",
+               ylabel="loss on the scoring points",
+               title=", ".join(f"{k}={v}" for k, v in panel) + f" ({rows[0]['mode']} K)" if rows else "")
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle("Ensembles of K members (solid, K = 1, 2, 4, ...) vs single members (dashed)")
     return save(fig, Path(path))

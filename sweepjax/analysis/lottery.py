@@ -27,14 +27,12 @@ def plot_histogram(ds: xr.Dataset, path: Path, width: int = 2) -> Path:
 
 
 def plot_ensemble(ds: xr.Dataset, path: Path, draws: int = 100) -> Path:
-    """K nets of width N averaged vs one net with K times its parameters (:func:`sweepjax.ensemble.ensemble_table`
-    at the narrowest width), against K."""
+    """K nets of each width averaged, against single nets with as many parameters
+    (:func:`sweepjax.ensemble.plot_table` of :func:`sweepjax.ensemble.ensemble_table`)."""
     from sweepjax.ensemble import ensemble_table, plot_table
-    base = int(ds["width"].values.min())
     n_seeds = ds.sizes.get("seed", 1)
     ks = [int(k) for k in 2 ** np.arange(0, 16) if k <= n_seeds]
-    rows = [r for r in ensemble_table(ds, ks, by="width", draws=draws) if r["width"] == base]
-    return plot_table(rows, path, by="width")
+    return plot_table(ensemble_table(ds, ks, by="width", draws=draws), path, by="width")
 
 
 def plot_mirror(ds: xr.Dataset, path: Path, tol: float = 0.05, **sel) -> Path:
