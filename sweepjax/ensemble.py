@@ -1,9 +1,10 @@
 """Ensembles of trained members: the loss of the average of K members' predictions as a function of K.
 
 Works on a results Dataset saved with ``eval.save_predictions = true`` (``predictions``: sweep dims +
-``x``, and ``test_target``). Members are combined as the task's outputs combine: the mean of the
-outputs (squared error, the only saved predictions so far: scalar-output tasks). Diverged members (NaN
-predictions) are left out and counted.
+``x`` (+ ``output`` for vector outputs), and ``test_target``). Members are combined as the task's
+outputs combine: the mean of the outputs, scored by the squared error averaged over points and output
+components (the tasks that save predictions are those). Diverged members (NaN predictions) are left
+out and counted.
 
 Two ways to pick K members out of the runs of one point (the ``over`` dim, ``seed`` by default):
 
@@ -46,21 +47,24 @@ def _losses(pred: jax.Array, target: jax.Array, ok: jax.Array, val: jax.Array, k
 
 def ensemble_losses(pred: np.ndarray, target: np.ndarray, ks, draws: int = 100, mode: str = "random",
                     seed: int = 0) -> np.ndarray:
-    """Losses of K-member ensembles of the members ``pred`` (members, points) against ``target`` (points):
-    (len(ks), draws), scored on the odd points (see the module docstring); rows with K larger than the
-    number of finite members are NaN. ``mode = "best"`` repeats its one ensemble in every draw."""
+    """Losses of K-member ensembles of the members ``pred`` (members, points[, outputs]) against ``target``
+    (points[, outputs]): (len(ks), draws), scored on the odd points (see the module docstring); rows with K
+    larger than the number of finite members are NaN. ``mode = "best"`` repeats its one ensemble in
+    every draw."""
     if mode not in MODES:
         raise ValueError(f"mode = {mode!r}: one of {', '.join(MODES)}")
     pred, target = np.asarray(pred, np.float32), np.asarray(target, np.float32)
-    if pred.ndim != 2 or target.shape != pred.shape[1:] or pred.shape[1] < 2:
-        raise ValueError(f"predictions {pred.shape} and target {target.shape}: need (members, points) and (points,), "
-                         f"points >= 2")
+    if pred.ndim < 2 or target.shape != pred.shape[1:] or pred.shape[1] < 2:
+        raise ValueError(f"predictions {pred.shape} and target {target.shape}: need (members, points[, outputs]) and "
+                         f"(points[, outputs]), points >= 2")
     ks = np.asarray(list(ks), np.int32)
     if ks.size == 0 or ks.min() < 1:
         raise ValueError(f"ks = {ks.tolist()}: ensemble sizes are >= 1")
-    ok = np.all(np.isfinite(pred), axis=1)
-    val = np.mean(np.square(np.nan_to_num(pred[:, 0::2]) - target[0::2]), axis=1)
-    out = _losses(jnp.asarray(pred[:, 1::2]), jnp.asarray(target[1::2]), jnp.asarray(ok), jnp.asarray(val),
+    m = pred.shape[0]
+    ok = np.all(np.isfinite(pred.reshape(m, -1)), axis=1)
+    val = np.mean(np.square(np.nan_to_num(pred[:, 0::2]) - target[0::2]).reshape(m, -1), axis=1)
+    scored, scored_target = pred[:, 1::2].reshape(m, -1), target[1::2].reshape(-1)
+    out = _losses(jnp.asarray(scored), jnp.asarray(scored_target), jnp.asarray(ok), jnp.asarray(val),
                   jnp.asarray(ks), jax.random.key(seed), draws, mode == "best")
     return np.asarray(out, np.float64)
 
@@ -92,7 +96,8 @@ def ensemble_table(ds: xr.Dataset, ks=None, by: str | None = "width", over: str 
     if by is not None and by not in ds.dims:
         raise ValueError(f"by = {by!r} is not a dim of the results (dims: {list(ds.dims)})")
     pred = ds["predictions"]
-    other = [d for d in pred.dims if d not in (over, "x")]
+    rest = [d for d in ("x", "output") if d in pred.dims]
+    other = [d for d in pred.dims if d not in [over] + rest]
     n = pred.sizes[over]
     ks = [int(k) for k in (ks if ks is not None else 2 ** np.arange(int(np.log2(n)) + 1))]
     target = ds["test_target"].values
@@ -100,10 +105,10 @@ def ensemble_table(ds: xr.Dataset, ks=None, by: str | None = "width", over: str 
     rows = []
     for combo in itertools.product(*(ds[d].values.tolist() for d in other)):
         sel = dict(zip(other, combo))
-        p = pred.sel(sel).transpose(over, "x").values
+        p = pred.sel(sel).transpose(over, *rest).values
         losses = ensemble_losses(p, target, ks, draws, mode, seed)
-        ok = np.all(np.isfinite(p), axis=1)
-        per_member = np.mean(np.square(p[ok][:, 1::2] - target[1::2]), axis=1)
+        ok = np.all(np.isfinite(p.reshape(len(p), -1)), axis=1)
+        per_member = np.mean(np.square(p[ok][:, 1::2] - target[1::2]).reshape(int(ok.sum()), -1), axis=1)
         singles[tuple(combo)] = float(np.median(per_member)) if per_member.size else float("nan")
         for k, row in zip(ks, losses):
             q25, q50, q75 = (np.nanpercentile(row, q) if np.isfinite(row).any() else np.nan for q in (25, 50, 75))

@@ -129,8 +129,9 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     for name, v in (floors or {}).items():
         data[name] = ((), float(v.flat[0])) if np.all(v == v.flat[0]) else (dims, v)
     if cfg.eval.save_predictions:
-        coords["x"], data["test_target"] = test[0], (["x"], test[1])
-        data["predictions"] = (dims + ["x"], _scatter(grid, outputs, lambda o: o.predictions, np.nan))
+        out_dims = ["x"] + (["output"] if np.ndim(test[1]) == 2 else [])   # vector outputs: an output dim
+        coords["x"], data["test_target"] = test[0], (out_dims, test[1])
+        data["predictions"] = (dims + out_dims, _scatter(grid, outputs, lambda o: o.predictions, np.nan))
     if cfg.eval.save_params:
         for name in outputs[0].params:
             shape = tuple(np.max([o.params[name].shape[1:] for o in outputs], axis=0))

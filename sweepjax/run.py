@@ -281,7 +281,9 @@ def run_sweep(cfg: Config, log: TextIO | None = sys.stderr, *, grid: Grid | None
     if cfg.eval.save_predictions:
         with precision(cfg):
             x, y = make_task(cfg.task).test_set(jnp.float64 if cfg.train.precision == "float64" else jnp.float32)
-        test = (np.asarray(x)[:, 0], np.asarray(y)[:, 0])
+        x, y = np.asarray(x), np.asarray(y)
+        squeeze = lambda a: a[:, 0] if a.ndim == 2 and a.shape[1] == 1 else a
+        test = (squeeze(x) if x.ndim == 2 and x.shape[1] == 1 else np.arange(len(x)), squeeze(y))   # x: inputs or index
     ds = results.build_dataset(cfg, grid, outputs, steps, test, task_floors(grid))
     man = results.manifest([o.compile_s for o in outputs], wall, [str(d) for d in jax.devices()])
     return ds, man

@@ -35,7 +35,9 @@ def test_depth_teacher_configs_end_to_end(tmp_path):
     assert head["window"] == [8, 32] and head["alpha"] > 0 and head["alpha_ci"][0] <= head["alpha"] <= head["alpha_ci"][1]
     (teacher,) = layers["teachers"]
     assert teacher["teacher"] == "independent" and 1.45 < teacher["middle_update_angle"] < 1.70
-    for name in ("depth_loss.png", "depth_update_angle.png", "depth_layer_loss.png"):
+    ens = {(r["depth"], r["K"]): r for r in layers["ensembles"]}   # [on_cpu] saves the MSE students' outputs
+    assert {(d, k) for d in (4, 8, 16, 32) for k in (1, 2)} == set(ens) and ens[(16, 2)]["matched"] == 32
+    for name in ("depth_loss.png", "depth_update_angle.png", "depth_layer_loss.png", "depth_ensembles.png"):
         assert (tmp_path / "ind" / "figures" / name).stat().st_size > 10_000, name
     tied, tied_layers = _run("depth_teacher_tied.toml", tmp_path / "tied", *short, "run.figures=false")
     (teacher,) = tied_layers["teachers"]

@@ -275,3 +275,22 @@ def test_every_evaluation_with_runs_of_different_lengths():
 def test_dropping_an_axis_resolves_its_alias():
     raw = {"task": dict(TASK), "model": dict(STUDENT), "sweep": {"model.depth": [1, 2], "seed": [0, 1]}}
     assert list(build_config(raw, [("sweep.train.seed", [])]).sweep) == ["model.depth"]
+
+
+def test_mse_students_save_vector_predictions_for_ensembles():
+    """eval.save_predictions with the MSE target keeps each student's outputs (x, output); their mean over
+    all members scores as a direct computation; the depth study compares K shallow students with one deep."""
+    from sweepjax.analysis.depth import depth_ensembles
+    cfg = config({"model.depth": [1, 2], "seed": [0, 1]}, {"target": "mse"}, {"head": "none", "zero_init": ["proj"]},
+                 eval={"save_predictions": True})
+    ds = run_sweep(cfg, log=None)[0]
+    assert ds.predictions.dims == ("depth", "seed", "x", "output") and ds.test_target.dims == ("x", "output")
+    p = ds.predictions.sel(depth=1).values
+    np.testing.assert_allclose(np.mean((p[:, 1::2] - ds.test_target.values[1::2]) ** 2, axis=(1, 2)),
+                               ds.final_test_loss.sel(depth=1).values, rtol=0.3)   # odd half vs whole test set
+    rows = {(r["depth"], r["K"]): r for r in depth_ensembles(ds)}
+    mean = p.mean(0)[1::2]
+    np.testing.assert_allclose(rows[(1, 2)]["median"], np.mean((mean - ds.test_target.values[1::2]) ** 2), rtol=1e-5)
+    assert rows[(1, 2)]["matched"] == 2 and rows[(2, 2)]["matched"] is None
+    with pytest.raises(ConfigError, match=r"^eval.save_predictions = True: has no effect with task.target = 'kl'"):
+        config({}, eval={"save_predictions": True})

@@ -315,12 +315,28 @@ def plot_exponents(rows: list[dict], path) -> Path:
     return save(fig, path)
 
 
+def depth_ensembles(ds, draws: int = 200) -> list[dict]:
+    """Is a deep student like an ensemble of shallower ones? The loss of K students of depth l averaged
+    (K random runs of the ``seed`` dim, which share the teacher) beside one student of depth K x l
+    (:func:`sweepjax.ensemble.ensemble_table` with ``by = "depth"``: the students' parameters grow
+    linearly with depth, so the parameter-matched member is the depth-K l one). Needs saved predictions
+    (``eval.save_predictions``: the MSE students) and a ``seed`` dim; ``[]`` otherwise."""
+    from sweepjax.ensemble import ensemble_table
+    if "predictions" not in ds or "seed" not in ds.dims or "depth" not in ds.dims:
+        return []
+    n = ds.sizes["seed"]
+    ks = [int(k) for k in 2 ** np.arange(int(np.log2(n)) + 1)]
+    return ensemble_table(ds, ks, by="depth", over="seed", draws=draws)
+
+
 def summarize(ds, n_boot: int = 1000, log=None) -> dict:
-    """The study's numbers: ``fits`` (:func:`depth_fits`), ``angles`` (:func:`angle_summary`) and, for a
-    ``teacher`` sweep, ``teachers`` (:func:`teacher_metrics`)."""
+    """The study's numbers: ``fits`` (:func:`depth_fits`), ``angles`` (:func:`angle_summary`), for a
+    ``teacher`` sweep ``teachers`` (:func:`teacher_metrics`), and with saved predictions ``ensembles``
+    (:func:`depth_ensembles`)."""
     from sweepjax.results import saved_task
     teachers = teacher_metrics(ds) if saved_task(ds).get("name") == "teacher" else []
-    return {"fits": depth_fits(ds, n_boot=n_boot, log=log), "angles": angle_summary(ds), "teachers": teachers}
+    return {"fits": depth_fits(ds, n_boot=n_boot, log=log), "angles": angle_summary(ds), "teachers": teachers,
+            "ensembles": depth_ensembles(ds)}
 
 
 def describe(summary: dict) -> str:
@@ -341,6 +357,12 @@ def describe(summary: dict) -> str:
         if r["middle_update_angle"] is not None:
             sel = {k: v for k, v in r.items() if k not in ("middle_update_angle", "runs")}
             lines.append(f"student {_label(sel)}: middle-layer update angle {r['middle_update_angle']:.3f} rad")
+    from sweepjax.ensemble import ROW_KEYS
+    for r in summary.get("ensembles", []):
+        if r["K"] > 1 and r.get("matched") is not None:
+            point = "".join(f", {k}={v}" for k, v in r.items() if k not in ROW_KEYS + ("depth",))
+            lines.append(f"mean of {r['K']} students of depth {r['depth']}{point}: {r['median']:.4g} vs one student "
+                         f"of depth {r['matched']}: {r['matched_loss']:.4g}")
     for t in summary["teachers"]:
         lines.append(f"{t['teacher']} teacher (depth {t['teacher_depth']}, seed {t['teacher_seed']}): middle-layer update angle "
                      f"{t['middle_update_angle']:.3f} rad")
@@ -357,6 +379,9 @@ def make_figures(ds, outdir, summary: dict) -> list:
         paths.append(plot_loss(summary["fits"], out / "depth_loss.png"))
         if "temperature" in ds.dims and ds.sizes["temperature"] > 1:
             paths.append(plot_exponents(summary["fits"], out / "depth_exponents.png"))
+    if summary.get("ensembles"):
+        from sweepjax.ensemble import plot_table
+        paths.append(plot_table(summary["ensembles"], out / "depth_ensembles.png", by="depth"))
     if "layer_update_angle" in ds:
         paths.append(plot_layers(ds, "update_angle", out / "depth_update_angle.png", summary["teachers"]))
         paths.append(plot_layers(ds, "loss", out / "depth_layer_loss.png", log_y=True))

@@ -73,7 +73,7 @@ class GroupOutput:
     diverged: np.ndarray         # (n,) bool
     diverged_step: np.ndarray    # (n,) int, -1 if never
     converged_step: np.ndarray   # (n,) int: L-BFGS step at which the member was frozen as converged, -1 if never
-    predictions: np.ndarray | None  # (n, test_size) or None
+    predictions: np.ndarray | None  # (n, test_size) for scalar outputs, (n, test_size, outputs), or None
     activations: np.ndarray | None  # (n, n_eval, n_probes) activation RMS at each evaluation, or None
     records: dict[str, np.ndarray]  # the task's RECORDS: name -> (n, n_eval, *its shape)
     layers: np.ndarray | None    # eval.layers: (n, n_eval or 1, len(LAYER_METRICS), max depth + 1), or None
@@ -286,7 +286,8 @@ class GroupProgram:
 
     def _predict_member(self, params, m):
         x, _ = self.task.test_set(self.dtype)
-        return self._apply(params, x, m)[:, 0]
+        out = self._apply(params, x, m)
+        return out[:, 0] if out.shape[-1] == 1 else out
 
     # ---- the member axis --------------------------------------------------------------------
     def _run_chunk(self, state: dict, members: dict, seeds: jax.Array, evals: jax.Array, start: jax.Array,
@@ -347,7 +348,7 @@ class GroupProgram:
         return state, compile_s, time.perf_counter() - t0
 
     def predict(self, params: dict, members: dict) -> np.ndarray:
-        """Final predictions on the test grid, (n, test_size)."""
+        """Final predictions on the test set, (n, test_size) (scalar outputs) or (n, test_size, outputs)."""
         return to_host(self._predict(params, members))
 
 

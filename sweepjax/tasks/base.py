@@ -27,7 +27,8 @@ A task is one module with one class deriving from :class:`Task`, named in
   combine: the mean, or weights such as per-member task frequencies) and :meth:`floors` (irreducible
   losses when known);
 * ``RECORDS`` / :meth:`records`: what else it measures at every evaluation (name -> dims).
-* ``PREDICTIONS`` (scalar outputs that ``eval.save_predictions`` may keep) and :meth:`samples` (False
+* ``PREDICTIONS`` (outputs that ``eval.save_predictions`` may keep: outputs whose members combine by their
+  mean, under squared error; vector outputs get an ``output`` dim) and :meth:`samples` (False
   for a setting with its own fixed full batch, where ``dataset_size`` is ignored);
 * ``STUDY``: the analysis module whose ``analyse(ds, out, run_cfg, width_rows, log, warn)`` writes the
   study's numbers and figures after a run (and ``sweepjax plot``).
@@ -60,7 +61,7 @@ class Task:
     LOSS_UNIT: str = "nats"
     RECORDS: dict[str, tuple[str, ...]] = {}    # extra per-evaluation results: name -> its own dims
     SHARED_BATCH: bool = False                 # train_batch ignores m: drawn once per step per distinct data seed
-    PREDICTIONS: bool = False                  # eval.save_predictions keeps outputs on the test set (scalar outputs)
+    PREDICTIONS: bool = False                  # eval.save_predictions keeps outputs on the test set (squared-error outputs)
     STUDY: str = "sweepjax.analysis.lottery"   # module whose analyse(ds, out, run_cfg, width_rows, log, warn) runs after a sweep
 
     def __init__(self, cfg: TaskConfig):

@@ -109,8 +109,11 @@ class Teacher(Task):
                "task.n_classes": (2, True), "task.teacher_seed": (0, True), "task.temperature": (0, False)}
     MAXIMUM = {"task.teacher_depth": 4096, "task.teacher_width": 2**14, "task.teacher_hidden": 2**16,
                "task.n_classes": 2**20}
-    APPLIES = {f"task.{k}": ({"task.target": ("kl",)},) for k in ("temperature", "n_classes", "head_init", "student_head")}
-    WHY = {k: "the MSE target is the teacher's final state, not its softmax" for k in APPLIES}
+    APPLIES = {**{f"task.{k}": ({"task.target": ("kl",)},) for k in ("temperature", "n_classes", "head_init", "student_head")},
+               "eval.save_predictions": ({"task.target": ("mse",)},)}
+    WHY = {**{k: "the MSE target is the teacher's final state, not its softmax" for k in APPLIES},
+           "eval.save_predictions": "KL members combine by their probabilities, not by their saved logits"}
+    PREDICTIONS = True   # target "mse": the students' final normed states (ensembles average them)
     STUDY = "sweepjax.analysis.depth"
 
     def __init__(self, cfg: Keys):
