@@ -175,9 +175,10 @@ def plot_table(rows: list[dict], path, by: str | None = "width"):
         if by and counted:
             ones = sorted((r["n_params"], r["single"]) for r in sel if r["K"] == 1)
             ax.plot(*zip(*ones), "k--", lw=1.2, label="one member (median)")
+        name = ", ".join(f"{k}={v}" for k, v in panel)
         ax.set(xscale="log", yscale="log", xlabel="parameters of the K members together" if counted else "K",
                ylabel="loss on the scoring points",
-               title=", ".join(f"{k}={v}" for k, v in panel) + f" ({rows[0]['mode']} K)" if rows else "")
+               title=f"Mean of K = 1, 2, 4.. members ({rows[0]['mode']} K)" + (f"\n{name}" if name else ""))
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.legend(fontsize=6, ncol=2)
-    fig.suptitle("Ensembles of K members (solid, K = 1, 2, 4, ...) vs single members (dashed)")
     return save(fig, Path(path))
