@@ -97,15 +97,16 @@ def cmd_qdg(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     """Ensemble loss vs K for every point of a sweep with saved predictions: the table, and a figure."""
     from sweepjax import ensemble, results
+    by = args.by or None
     try:
         ds = results.load(args.dir)
-        ks = [int(k) for k in args.k.split(",")] if args.k else None
-        rows = ensemble.ensemble_table(ds, ks, by=args.by or None, over=args.over, mode=args.mode, draws=args.draws)
-    except (ValueError, FileNotFoundError, OSError, KeyError) as e:
+        ks = [float(k) for k in args.k.split(",")] if args.k else None
+        rows = ensemble.ensemble_table(ds, ks, by=by, over=args.over, mode=args.mode, draws=args.draws)
+        print(ensemble.describe(rows))
+        if args.plot:
+            print(f"wrote: {ensemble.plot_table(rows, args.plot, by)}")
+    except (ValueError, FileNotFoundError, OSError) as e:
         raise ConfigError(str(e)) from None
-    print(ensemble.describe(rows))
-    if args.plot:
-        print(f"wrote: {ensemble.plot_table(rows, args.plot, args.by)}")
     return 0
 
 

@@ -18,7 +18,6 @@ members) times predictions (members, points).
 """
 from __future__ import annotations
 
-import itertools
 from functools import partial
 
 import jax
@@ -57,79 +56,108 @@ def ensemble_losses(pred: np.ndarray, target: np.ndarray, ks, draws: int = 100, 
     if pred.ndim < 2 or target.shape != pred.shape[1:] or pred.shape[1] < 2:
         raise ValueError(f"predictions {pred.shape} and target {target.shape}: need (members, points[, outputs]) and "
                          f"(points[, outputs]), points >= 2")
-    ks = np.asarray(list(ks), np.int32)
-    if ks.size == 0 or ks.min() < 1:
-        raise ValueError(f"ks = {ks.tolist()}: ensemble sizes are >= 1")
+    ks = np.asarray(_check_ks(list(ks), len(pred)), np.int32)
+    if draws < 1:
+        raise ValueError(f"draws = {draws}: at least one draw per K")
     m = pred.shape[0]
     ok = np.all(np.isfinite(pred.reshape(m, -1)), axis=1)
-    val = np.mean(np.square(np.nan_to_num(pred[:, 0::2]) - target[0::2]).reshape(m, -1), axis=1)
+    with np.errstate(over="ignore"):   # a member whose error overflows ranks last among the finite ones
+        val = np.mean(np.square(np.nan_to_num(pred[:, 0::2]) - target[0::2]).reshape(m, -1), axis=1)
+    val = np.nan_to_num(val, nan=np.finfo(np.float32).max, posinf=np.finfo(np.float32).max)   # diverged: +inf below
     scored, scored_target = pred[:, 1::2].reshape(m, -1), target[1::2].reshape(-1)
     out = _losses(jnp.asarray(scored), jnp.asarray(scored_target), jnp.asarray(ok), jnp.asarray(val),
                   jnp.asarray(ks), jax.random.key(seed), draws, mode == "best")
     return np.asarray(out, np.float64)
 
 
-def _size_of(ds: xr.Dataset, sel: dict) -> float | None:
-    """Parameters of one member at ``sel`` (stored counts), None without them."""
-    if "n_params" not in ds:
-        return None
-    counts = ds["n_params"].sel(sel)
-    return float(counts.max()) if counts.size else None
+def _check_ks(ks, n: int) -> list[int]:
+    """Ensemble sizes as ints (default: powers of two up to ``n``, and ``n``)."""
+    if ks is None:
+        return sorted({int(k) for k in 2 ** np.arange(int(np.log2(max(n, 1))) + 1)} | {n})
+    out = []
+    if len(ks) == 0:
+        raise ValueError("ks = []: name at least one ensemble size")
+    for k in ks:
+        if isinstance(k, bool) or not float(k).is_integer() or int(k) < 1:
+            raise ValueError(f"ks = {list(ks)}: ensemble sizes are whole numbers >= 1")
+        out.append(int(k))
+    return out
+
+
+def _target_at(target: xr.DataArray, sel: dict, over: str, rest: list[str]) -> np.ndarray:
+    """The test target of one point: the shared one, or its group's when a swept task key changes it."""
+    t = target.sel({d: v for d, v in sel.items() if d in target.dims})
+    if over in t.dims:
+        if not (t == t.isel({over: 0})).all():
+            raise ValueError(f"the test target changes along over = {over!r}: its members were scored on "
+                             f"different test sets and cannot be averaged")
+        t = t.isel({over: 0})
+    return t.transpose(*rest).values
 
 
 def ensemble_table(ds: xr.Dataset, ks=None, by: str | None = "width", over: str = "seed", mode: str = "random",
                    draws: int = 200, seed: int = 0) -> list[dict]:
     """Ensemble loss vs K for every point of the sweep: one row per (value of the other dims, K).
 
-    ``over``: the dim whose members are combined (``seed``); ``by``: the size dim (``width``, ``depth`` ...)
-    against which each ensemble of K members of size N is compared with one member of K x N parameters
-    (the size whose stored ``n_params`` is nearest K times N's, within 25%; its median over ``over``).
-    ``ks``: ensemble sizes (default powers of two up to the number of members). Each row: the point's
-    coordinates, ``K``, ``members`` (finite), ``diverged``, ``median``/``q25``/``q75`` over the draws (the
-    one best-K ensemble: all three equal), ``single`` (median member loss on the same points), and with
-    ``by``: ``n_params`` (K x N's), ``matched`` (the size used) and ``matched_loss``.
+    ``over``: the dim whose members are combined (``seed``); ``by``: a size dim (``width``, ``depth`` ...:
+    stored ``n_params`` must change along it) against which each ensemble of K members of size N is
+    compared with one member with K times N's parameters (the size whose ``n_params`` is nearest, within
+    25%; ``matched_loss`` is its median member loss on the same points, also in best-K mode). ``ks``:
+    ensemble sizes (default powers of two up to the number of members, and that number). Each row: the
+    point's coordinates, ``K``, ``members`` (finite), ``diverged``, ``median``/``q25``/``q75`` over the
+    draws (K = 1 in random mode: exactly over the members; the one best-K ensemble: all three equal),
+    ``single`` (median member loss on the same points), and with ``by``: ``n_params`` (K x N's),
+    ``matched`` (the size used) and ``matched_loss``. Computed in float32.
     """
     if "predictions" not in ds or "test_target" not in ds:
         raise ValueError("these results hold no predictions: run the sweep with eval.save_predictions = true")
-    if over not in ds["predictions"].dims:
-        raise ValueError(f"over = {over!r} is not a dim of the predictions (dims: {list(ds['predictions'].dims)})")
-    if by is not None and by not in ds.dims:
-        raise ValueError(f"by = {by!r} is not a dim of the results (dims: {list(ds.dims)})")
     pred = ds["predictions"]
     rest = [d for d in ("x", "output") if d in pred.dims]
     other = [d for d in pred.dims if d not in [over] + rest]
+    if over not in pred.dims or over in rest:
+        raise ValueError(f"over = {over!r} is not a sweep dim of the predictions (dims: {other + [over] * (over in pred.dims)})")
+    if by is not None and by not in other:
+        raise ValueError(f"by = {by!r} must be a sweep dim other than over = {over!r} (dims: {other})")
+    if draws < 1:
+        raise ValueError(f"draws = {draws}: at least one draw per K")
     n = pred.sizes[over]
-    ks = [int(k) for k in (ks if ks is not None else 2 ** np.arange(int(np.log2(n)) + 1))]
-    target = ds["test_target"].values
-    singles = {}
+    ks = _check_ks(ks, n)
+    params = None
+    if by is not None and "n_params" in ds:
+        params = ds["n_params"].max(over) if over in ds["n_params"].dims else ds["n_params"]
+        if (params == params.isel({by: 0})).all() and ds.sizes[by] > 1:
+            raise ValueError(f"by = {by!r} is not a size: the members' n_params do not change along it")
+        params = params.transpose(*other).values
+    singles = np.full([ds.sizes[d] for d in other], np.nan)
     rows = []
-    for combo in itertools.product(*(ds[d].values.tolist() for d in other)):
-        sel = dict(zip(other, combo))
-        p = pred.sel(sel).transpose(over, *rest).values
+    for index in np.ndindex(*singles.shape):
+        sel = {d: ds[d].values[i].item() for d, i in zip(other, index)}
+        p = pred.isel(dict(zip(other, index))).transpose(over, *rest).values
+        target = _target_at(ds["test_target"], sel, over, rest)
         losses = ensemble_losses(p, target, ks, draws, mode, seed)
         ok = np.all(np.isfinite(p.reshape(len(p), -1)), axis=1)
         per_member = np.mean(np.square(p[ok][:, 1::2] - target[1::2]).reshape(int(ok.sum()), -1), axis=1)
-        singles[tuple(combo)] = float(np.median(per_member)) if per_member.size else float("nan")
+        singles[index] = float(np.median(per_member)) if per_member.size else np.nan
         for k, row in zip(ks, losses):
+            if k == 1 and mode == "random":   # every member once: the exact distribution over single members
+                row = per_member
             q25, q50, q75 = (np.nanpercentile(row, q) if np.isfinite(row).any() else np.nan for q in (25, 50, 75))
             rows.append({**sel, "K": k, "mode": mode, "members": int(ok.sum()), "diverged": int((~ok).sum()),
-                         "median": float(q50), "q25": float(q25), "q75": float(q75),
-                         "single": singles[tuple(combo)]})
-    if by is not None and "n_params" in ds:
-        sizes = ds[by].values.tolist()
+                         "median": float(q50), "q25": float(q25), "q75": float(q75), "single": float(singles[index]),
+                         "_index": index})
+    if params is not None:
+        axis = other.index(by)
         for row in rows:
-            sel = {d: row[d] for d in other}
-            base = _size_of(ds, sel)
-            target_params = row["K"] * base if base else None
-            cand = []
-            for s in sizes:
-                c = _size_of(ds, {**sel, by: s})
-                if c and target_params and abs(c / target_params - 1) <= 0.25:
-                    cand.append((abs(c / target_params - 1), s))
-            row["n_params"] = target_params
-            row["matched"] = min(cand)[1] if cand else None
-            row["matched_loss"] = (singles[tuple(({**sel, by: row["matched"]})[d] for d in other)]
-                                   if cand else None)
+            index = row["_index"]
+            line = [index[:axis] + (j,) + index[axis + 1:] for j in range(ds.sizes[by])]
+            wanted = row["K"] * float(params[index])
+            gaps = [abs(float(params[i]) / wanted - 1) for i in line]
+            best = int(np.argmin(gaps))
+            row["n_params"] = wanted
+            row["matched"] = ds[by].values[best].item() if gaps[best] <= 0.25 else None
+            row["matched_loss"] = float(singles[line[best]]) if gaps[best] <= 0.25 else None
+    for row in rows:
+        del row["_index"]
     return rows
 
 

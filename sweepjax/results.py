@@ -87,7 +87,8 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
                   floors: dict[str, np.ndarray] | None = None) -> xr.Dataset:
     """Assemble the sweep's Dataset: curves (sweep dims + eval_step), finals, flags, counts.
 
-    ``test`` = (x, target) of the test grid (kept with saved predictions); ``floors``: the task's
+    ``test`` = (x, target, per_member) of the test set (kept with saved predictions; target has the sweep
+    dims first when ``per_member``, see :func:`sweepjax.run.saved_test_set`); ``floors``: the task's
     loss floors in nats, name -> per-member array of shape ``grid.shape`` (Markov: ``irreducible_loss``,
     the chain's entropy rate, and ``test_bayes_loss``, the true chain's loss on the fixed test set).
     Each is kept as a scalar when all members share it (the usual case), else with the sweep dims.
@@ -129,8 +130,10 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     for name, v in (floors or {}).items():
         data[name] = ((), float(v.flat[0])) if np.all(v == v.flat[0]) else (dims, v)
     if cfg.eval.save_predictions:
-        out_dims = ["x"] + (["output"] if np.ndim(test[1]) == 2 else [])   # vector outputs: an output dim
-        coords["x"], data["test_target"] = test[0], (out_dims, test[1])
+        x, target, per_member = test
+        lead = len(dims) if per_member else 0
+        out_dims = ["x"] + (["output"] if np.ndim(target) - lead == 2 else [])   # vector outputs: an output dim
+        coords["x"], data["test_target"] = x, ((dims if per_member else []) + out_dims, target)
         data["predictions"] = (dims + out_dims, _scatter(grid, outputs, lambda o: o.predictions, np.nan))
     if cfg.eval.save_params:
         for name in outputs[0].params:

@@ -259,12 +259,9 @@ def run_sweep(cfg: Config, log: TextIO | None = sys.stderr, *, grid: Grid | None
     import time
 
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
     from sweepjax import results
-    from sweepjax.engine.train import precision, run_group, sweep_eval_steps
-    from sweepjax.tasks import make_task
+    from sweepjax.engine.train import run_group, sweep_eval_steps
 
     grid = check_memory(cfg) if grid is None else grid
     log = log if jax.process_index() == 0 else None
@@ -277,16 +274,42 @@ def run_sweep(cfg: Config, log: TextIO | None = sys.stderr, *, grid: Grid | None
                for i, g in enumerate(grid.groups)]
     wall = time.perf_counter() - t0
     steps = sweep_eval_steps(cfg)
-    test = None
-    if cfg.eval.save_predictions:
-        with precision(cfg):
-            x, y = make_task(cfg.task).test_set(jnp.float64 if cfg.train.precision == "float64" else jnp.float32)
-        x, y = np.asarray(x), np.asarray(y)
-        squeeze = lambda a: a[:, 0] if a.ndim == 2 and a.shape[1] == 1 else a
-        test = (squeeze(x) if x.ndim == 2 and x.shape[1] == 1 else np.arange(len(x)), squeeze(y))   # x: inputs or index
+    test = saved_test_set(cfg, grid) if cfg.eval.save_predictions else None
     ds = results.build_dataset(cfg, grid, outputs, steps, test, task_floors(grid))
     man = results.manifest([o.compile_s for o in outputs], wall, [str(d) for d in jax.devices()])
     return ds, man
+
+
+def saved_test_set(cfg: Config, grid: Grid) -> tuple:
+    """(x, target) kept beside saved predictions: x the scalar test inputs (or the example index for vector
+    inputs), target (points[, outputs]) when every group evaluates on the same test set, else one target
+    per member (grid.shape + (points[, outputs])): a swept task key that changes the test set (a teacher
+    seed, a target function) gives each member its own group's target."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sweepjax.engine.train import precision
+    from sweepjax.tasks import make_task
+    squeeze = lambda a: a[:, 0] if a.ndim == 2 and a.shape[1] == 1 else a
+    sets: dict[str, tuple] = {}
+    for g in grid.groups:
+        key = repr(g.config.task)
+        if key not in sets:
+            with precision(g.config):
+                x, y = make_task(g.config.task).test_set(jnp.float64 if cfg.train.precision == "float64" else jnp.float32)
+            sets[key] = (np.asarray(x), squeeze(np.asarray(y)))
+    (x, y), *rest = sets.values()
+    same_x = all(np.array_equal(x, other[0]) for other in rest)
+    coord = squeeze(x) if same_x and x.ndim == 2 and x.shape[1] == 1 else np.arange(len(x))   # inputs, or index
+    if same_x and all(np.array_equal(y, other[1]) for other in rest):
+        return coord, y, False
+    if any(other[1].shape != y.shape for other in rest):
+        raise ConfigError("eval.save_predictions with a swept task key that changes the test set's size: "
+                          "predictions of different groups cannot share one x axis; sweep it in separate runs")
+    per_member = np.full((grid.n_members,) + y.shape, np.nan)
+    for g in grid.groups:
+        per_member[g.index] = sets[repr(g.config.task)][1]
+    return coord, per_member.reshape(tuple(grid.shape) + y.shape), True
 
 
 def task_floors(grid: Grid) -> dict[str, np.ndarray]:

@@ -85,3 +85,52 @@ def test_cli_prints_the_table_and_writes_the_figure(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "width=2 K=   4 (best)" in out and (tmp_path / "e.png").stat().st_size > 10_000
     assert main(["ensemble", str(tmp_path), "--by", "depth"]) == 2
+
+
+def test_review_edge_cases():
+    """K = 1 in random mode is exact over the members; a member whose validation loss overflows still ranks
+    ahead of a diverged one; sizes must be whole; by must be a size other than over; draws >= 1."""
+    ds = sweep_results()
+    rows = {(r["width"], r["K"]): r for r in ensemble_table(ds, ks=[1, 2], draws=3)}
+    p, t = ds.predictions.sel(width=4).values, ds.test_target.values
+    np.testing.assert_allclose(rows[(4, 1)]["median"], np.median(np.mean((p[:, 1::2] - t[1::2]) ** 2, axis=1)),
+                               rtol=1e-6)
+    pred = np.stack([np.full(4, np.nan), np.full(4, 1e20), np.full(4, 0.5)])
+    with np.errstate(over="ignore"):   # members 1 and 2 (the diverged one would give 0.0625): (5e19)^2 = inf in float32
+        assert np.isposinf(ensemble_losses(pred, np.zeros(4), [2], draws=1, mode="best")[0, 0])
+    with pytest.raises(ValueError, match="whole numbers"):
+        ensemble_losses(pred, np.zeros(4), [1.5])
+    for kw, match in (({"by": "seed"}, "other than over"), ({"over": "width"}, "other than over"),
+                      ({"draws": 0}, "at least one draw")):
+        with pytest.raises(ValueError, match=match):
+            ensemble_table(ds, **kw)
+    flat = ds.assign(n_params=ds.n_params * 0 + 7)
+    with pytest.raises(ValueError, match="is not a size"):
+        ensemble_table(flat)
+
+
+def test_cli_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+    from sweepjax.cli import main
+    sweep_results().to_netcdf(tmp_path / "results.nc", engine="h5netcdf")
+    for args in (["--draws", "0"], ["--k", "a,b"], ["--by", "x"], ["--plot", str(tmp_path / "no" / "dir" / "e.png")]):
+        assert main(["ensemble", str(tmp_path)] + args) == 2, args
+    assert main(["ensemble", str(tmp_path), "--by", "", "--plot", str(tmp_path / "k.png")]) == 0
+
+
+def test_each_member_is_scored_against_its_own_groups_test_set():
+    """A swept task key that changes the test set (the teacher's seed) gives every member its group's target:
+    the saved predictions then score as the member's own test loss (they did not, with one shared target)."""
+    from sweepjax.config import build_config
+    from sweepjax.run import run_sweep
+    cfg = build_config({"task": {"name": "teacher", "target": "mse", "teacher_depth": 3, "teacher_width": 8,
+                                 "teacher_hidden": 16, "batch_size": 32, "test_size": 64, "data_seed": 0},
+                        "model": {"residual": True, "width": 8, "mlp_ratio": 2, "input": "none", "head": "none",
+                                  "norm": "rmsnorm"},
+                        "train": {"steps": 10, "chunk_steps": 10}, "eval": {"points": 2, "save_predictions": True},
+                        "sweep": {"task.teacher_seed": [0, 1], "seed": [0, 1]}})
+    ds = run_sweep(cfg, log=None)[0]
+    assert ds.test_target.dims == ("teacher_seed", "seed", "x", "output")
+    err = ((ds.predictions - ds.test_target) ** 2).mean(("x", "output"))
+    np.testing.assert_allclose(err.values, ds.final_test_loss.values, rtol=1e-4)
+    rows = ensemble_table(ds, ks=[1], by=None)
+    assert {r["teacher_seed"] for r in rows} == {0, 1} and all(r["median"] < 1 for r in rows)

@@ -26,7 +26,7 @@ def plot_histogram(ds: xr.Dataset, path: Path, width: int = 2) -> Path:
     return save(fig, path)
 
 
-def plot_ensemble(ds: xr.Dataset, path: Path, draws: int = 100) -> Path:
+def plot_ensemble(ds: xr.Dataset, path: Path, draws: int = 200) -> Path:
     """K nets of each width averaged, against single nets with as many parameters
     (:func:`sweepjax.ensemble.plot_table` of :func:`sweepjax.ensemble.ensemble_table`)."""
     from sweepjax.ensemble import ensemble_table, plot_table
