@@ -96,7 +96,7 @@ def test_analyse_writes_fits_layers_and_figures(tmp_path):
     heads = sorted((r["slice"]["temperature"], r["alpha"]) for r in fits if r["headline"] and r["form"] == "power_law")
     assert [t for t, _ in heads] == [0.01, 0.1, 1.0] and np.all(np.diff([a for _, a in heads]) > 0)
     layers = json.loads((tmp_path / "depth.json").read_text())
-    assert set(layers) == {"angles", "teachers"}
+    assert set(layers) == {"angles", "teachers", "ensembles"} and layers["ensembles"] == []   # no predictions here
     for p in paths:
         if p.suffix == ".png":
             assert p.stat().st_size > 10_000, p
