@@ -41,3 +41,18 @@ def run(sweep: dict, **sections):
 @pytest.fixture
 def small():
     return run
+
+
+def run_alone(cfg, member: dict, partner: dict):
+    """The run of one member of ``cfg``'s single group without the members that differ from it in other
+    numbers: the member (``member``: full key -> value), twice, beside ``partner`` (the widest or deepest, so
+    the padding and member count stay those of the sweep; XLA on CPU rounds differently for another member
+    axis length). Returns the group output; row 0 is the member."""
+    import numpy as np
+
+    from sweepjax.engine.train import run_group
+    from sweepjax.grid import build_grid
+    (g,) = build_grid(cfg).groups
+    row = lambda sel: int(np.flatnonzero(np.all([g.values[k] == v for k, v in sel.items()], axis=0))[0])
+    r, p = row(member), row(partner)
+    return run_group(g.config, g.subset(np.array([r, r, p])), log=None)

@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import small_config
+from conftest import run_alone, small_config
 from sweepjax.config import ConfigError, build_config
-from sweepjax.engine.train import run_group
 from sweepjax.grid import build_grid
 from sweepjax.run import run_sweep
 from sweepjax.tasks.sparse_parity import SparseParity, frequencies
@@ -98,10 +97,7 @@ def test_frequent_subtasks_are_learned_first_and_the_test_loss_weights_them():
 def test_exponent_inside_one_program_equals_it_without_the_other():
     cfg = _config({"task.zipf_exponent": [1.2, 1.6], "model.width": [16, 64]}, steps=200)
     swept = run_sweep(cfg, log=None)[0]
-    (g,) = build_grid(cfg).groups
-    own = g.values["task.zipf_exponent"] == 1.6
-    row, wide = (int(np.flatnonzero(own & (g.values["model.width"] == w))[0]) for w in (16, 64))
-    alone = run_group(g.config, g.subset(np.array([row, row, wide])), log=None)
+    alone = run_alone(cfg, {"task.zipf_exponent": 1.6, "model.width": 16}, {"task.zipf_exponent": 1.6, "model.width": 64})
     m = swept.sel(zipf_exponent=1.6, width=16)
     np.testing.assert_array_equal(m.test_loss.values, alone.test_loss[0])
     np.testing.assert_array_equal(m.subtask_loss.values, alone.records["subtask_loss"][0])

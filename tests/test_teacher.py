@@ -8,10 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_alone
 from sweepjax.analysis.depth import LAYER_METRICS, middle
 from sweepjax.config import ConfigError, build_config
-from sweepjax.engine.train import run_group
-from sweepjax.grid import build_grid
 from sweepjax.run import run_sweep
 from sweepjax.tasks.teacher import Teacher, rms_norm, teacher_params
 
@@ -108,10 +107,7 @@ def test_zero_init_student_starts_as_the_identity():
 def test_temperature_inside_one_program_equals_it_alone():
     cfg = config({"task.temperature": [0.1, 1.0], "model.depth": [1, 3]})
     swept = run_sweep(cfg, log=None)[0]
-    (g,) = build_grid(cfg).groups
-    own = g.values["task.temperature"] == 0.1
-    row, deep = (int(np.flatnonzero(own & (g.values["model.depth"] == d))[0]) for d in (1, 3))
-    alone = run_group(g.config, g.subset(np.array([row, row, deep])), log=None)
+    alone = run_alone(cfg, {"task.temperature": 0.1, "model.depth": 1}, {"task.temperature": 0.1, "model.depth": 3})
     m = swept.sel(temperature=0.1, depth=1)
     np.testing.assert_array_equal(m.test_loss.values, alone.test_loss[0])
     assert not np.array_equal(m.test_loss.values, swept.test_loss.sel(temperature=1.0, depth=1).values)
