@@ -259,7 +259,7 @@ def test_eval_keys_add_their_variables():
 
 
 # Bases tried, in order, for a config where a key has no effect.
-ELSEWHERE = [MLP, TRANSFORMER, LBFGS, TEACHER_MSE]
+ELSEWHERE = [MLP, TRANSFORMER, LBFGS, TEACHER_MSE, {**SPARSE, "task.n_tasks": 1}]
 
 
 CONDITIONAL = sorted({k for t in TASKS for k in schema(t).applies})

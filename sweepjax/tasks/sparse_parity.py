@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sweepjax.config import Config, ConfigError, TaskConfig
+from sweepjax.config import Above, Config, ConfigError, TaskConfig
 from sweepjax.losses import cross_entropy
 from sweepjax.tasks.base import Task
 
@@ -60,6 +60,8 @@ class SparseParity(Task):
     MINIMUM = {"task.n_tasks": (1, True), "task.n_bits": (1, True), "task.k": (1, True),
                "task.subsets_seed": (0, True), "task.zipf_exponent": (0, True)}
     MAXIMUM = {"task.n_tasks": 10**5, "task.n_bits": 10**4}
+    APPLIES = {"task.zipf_exponent": ({"task.n_tasks": Above(1)},)}
+    WHY = {"task.zipf_exponent": "with one subtask every example is of subtask 0"}
     LOSS_UNIT = "bits"
     RECORDS = {"subtask_loss": ("subtask",)}
     STUDY = "sweepjax.analysis.quanta"
