@@ -243,7 +243,7 @@ def test_bf16_matmuls_train_like_float32():
     ({"model": {"family": "transformer", "parameterization": "mup"}, "task": {"name": "markov"},
       "train": {"optimizer": "sgd"}}, "Adam ones"),
     ({"model": {"family": "transformer"}, "task": {"name": "markov"}, "eval": {"save_predictions": True}},
-     "tasks with scalar outputs"),
+     "average under squared error"),
     ({"task": {"name": "markov", "sparsity": 1.0}, "model": {"family": "transformer"}}, "must be < 1"),
 ])
 def test_transformer_config_errors(raw, message):
