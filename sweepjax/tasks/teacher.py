@@ -34,13 +34,12 @@ import jax.numpy as jnp
 
 from sweepjax.config import TaskConfig
 from sweepjax.losses import kl_divergence, squared_error
-from sweepjax.models.common import ACTIVATIONS
+from sweepjax.models.common import ACTIVATIONS, normalize
 from sweepjax.tasks.base import Task
 
 TEST_FOLD = 2**31 - 1     # fold_in index of the test inputs' key (beyond every training step)
 TEACHER_FOLD = 2**31 - 2  # fold_in index of the teacher weights' key: never a training step's key (fold_in(data
                           # key, step)), even where data_seed = teacher_seed
-EPS = 1e-6              # RMSNorm epsilon, the same as the students' (sweepjax.models.common.normalize)
 
 
 @dataclass
@@ -63,8 +62,10 @@ class Keys(TaskConfig):
 
 
 def rms_norm(h: jax.Array) -> jax.Array:
-    """Parameter-free RMSNorm over the last axis."""
-    return h * jax.lax.rsqrt(jnp.mean(jnp.square(h), axis=-1, keepdims=True) + EPS)
+    """Parameter-free RMSNorm over the last axis: the students' norm (:func:`sweepjax.models.common.normalize`)
+    with every unit active, so a student can match the teacher exactly."""
+    n = h.shape[-1]
+    return normalize(h, jnp.ones((n,), h.dtype), n, "rmsnorm")
 
 
 def teacher_params(cfg: Keys) -> dict[str, jax.Array]:
