@@ -101,7 +101,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     try:
         ds = results.load(args.dir)
         ks = [float(k) for k in args.k.split(",")] if args.k else None
-        rows = ensemble.ensemble_table(ds, ks, by=by, over=args.over, mode=args.mode, draws=args.draws)
+        rows = ensemble.ensemble_table(ds, ks, by=by, over=tuple(args.over.split(",")), mode=args.mode,
+                                       draws=args.draws)
         print(ensemble.describe(rows))
         if args.plot:
             print(f"wrote: {ensemble.plot_table(rows, args.plot, by)}")
@@ -148,7 +149,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Throughput of the engine against one-at-a-time JAX and PyTorch loops."""
+    """Throughput of the engine against one-at-a-time JAX and PyTorch loops and stacked PyTorch (eager, compiled)."""
     from sweepjax.bench import WORKLOADS, benchmark
     from sweepjax.config import parse_override
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
@@ -178,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="remake the fit and figures of a results directory")
     pl.add_argument("dir")
     pl.set_defaults(func=cmd_plot)
-    b = sub.add_parser("bench", help="throughput: engine vs one-at-a-time JAX vs PyTorch eager")
+    b = sub.add_parser("bench", help="throughput: engine vs one-at-a-time JAX and PyTorch, and stacked PyTorch")
     b.add_argument("--workload", choices=["lottery", "residual-depth", "transformer", "all"], default="lottery")
     b.add_argument("--small", action="store_true", help="CPU-sized version of the workload")
     b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
@@ -204,7 +205,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("dir", metavar="RESULTS_DIR")
     e.add_argument("--by", default="width", help="size dim to compare K members of size N with one of K x N "
                                                   "parameters ('' for none; default width)")
-    e.add_argument("--over", default="seed", help="dim whose members are combined (default seed)")
+    e.add_argument("--over", default="seed", help="dim(s) whose members are combined, e.g. seed or seed,width "
+                                                   "(ensembles across sizes; default seed)")
     e.add_argument("--k", help="ensemble sizes, e.g. 1,2,4,8 (default: powers of two)")
     e.add_argument("--mode", choices=("random", "best"), default="random",
                    help="random K members, or the K best by validation loss")

@@ -592,7 +592,7 @@ _WHY = {
     "train.lr": "L-BFGS takes its step length from a line search",
     "train.schedule": "L-BFGS takes its step length from a line search",
     "model.heads": "heads = width / head_size",
-    "eval.save_predictions": "predictions are kept for tasks whose outputs average under squared error (a task's PREDICTIONS)",
+    "eval.save_predictions": "predictions are kept for tasks whose members combine into ensembles (a task's PREDICTIONS)",
 }
 
 

@@ -1,23 +1,34 @@
-"""Ensembles of trained members: the loss of the average of K members' predictions as a function of K.
+"""Ensembles of trained members: the loss of the combination of K members' predictions as a function of K.
 
-Works on a results Dataset saved with ``eval.save_predictions = true`` (``predictions``: sweep dims +
-``x`` (+ ``output`` for vector outputs), and ``test_target``). Members are combined as the task's
-outputs combine: the mean of the outputs, scored by the squared error averaged over points and output
-components (the tasks that save predictions are those). Diverged members (NaN predictions) are left
-out and counted.
+Works on a results Dataset saved with ``eval.save_predictions = true``: ``predictions`` (sweep dims + ``x``,
+and ``output`` for vector outputs, or ``position``/``class`` for class probabilities) and ``test_target``.
+Members combine as the task says (the ``combine`` attribute of ``predictions``):
 
-Two ways to pick K members out of the runs of one point (the ``over`` dim, ``seed`` by default):
+* ``"outputs"`` (regression, MSE teachers): the mean of the outputs, scored by the squared error averaged
+  over the points and output components;
+* ``"probabilities"`` (sparse parity, KL teachers, next-token prediction): ``predictions`` holds each member's
+  log-probabilities; the ensemble predicts the mean of the members' probabilities (computed as a
+  log-sum-exp, so that no probability underflows), scored as the task scores one member: the cross-entropy
+  against integer labels or the KL divergence from a target distribution (``test_target``), averaged over
+  positions, each test example weighted by ``test_weight`` (sparse parity: its subtask's frequency), in the
+  task's unit (bits or nats).
+
+Diverged members (NaN predictions) are left out and counted.
+
+Two ways to pick K members out of the runs of one point (the ``over`` dims: ``seed`` by default; several
+dims pool members across them, e.g. ``("seed", "width")`` for ensembles across sizes):
 
 * ``mode = "random"``: ``draws`` random subsets of K members (without replacement);
 * ``mode = "best"``: the K members with the lowest VALIDATION loss ("tickets"). The test points are split
   in two alternating halves: members are ranked on the even points (validation) and every ensemble, in
   both modes, is scored on the odd points, so a best-K ensemble is never chosen on the points that score it.
 
-Everything for one point is one jitted computation, vectorised over K and draws: weights (K, draws,
-members) times predictions (members, points).
+Everything for one point is one jitted computation, vectorised over K and draws (a ``lax.map`` over
+batches of (K, draw) rows bounds its memory).
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -26,48 +37,125 @@ import numpy as np
 import xarray as xr
 
 MODES = ("random", "best")
+RULES = ("outputs", "probabilities")
+_ROW_BUDGET = 2**24   # floats of one lax.map batch of ensembles
 
 
-@partial(jax.jit, static_argnames=("draws", "best"))
-def _losses(pred: jax.Array, target: jax.Array, ok: jax.Array, val: jax.Array, ks: jax.Array, key: jax.Array,
-            draws: int, best: bool) -> jax.Array:
-    """(len(ks), draws) squared errors of K-member means on the scoring points; NaN where K > members."""
-    m = pred.shape[0]
+def _combine(w: jax.Array, values: jax.Array, log_probs: bool) -> jax.Array:
+    """The ensemble of member weights ``w`` (members,): the weighted mean of outputs, or the log of the
+    weighted mean of probabilities (``values``: log-probabilities)."""
+    if not log_probs:
+        return jnp.tensordot(w, values, 1)
+    return jax.nn.logsumexp(values, axis=0, b=w.reshape((-1,) + (1,) * (values.ndim - 1)))
+
+
+def _point_losses(pred: jax.Array, target: jax.Array, kind: str) -> jax.Array:
+    """Per-point loss (points,) of one prediction (points, ...): ``kind`` "outputs" (squared error), "labels"
+    (``pred`` = log-probability of the label: cross-entropy) or "distributions" (``pred`` = log-probabilities,
+    classes last: KL from ``target``), averaged over the axes after the first."""
+    if kind == "outputs":
+        per = jnp.square(pred - target)
+    elif kind == "labels":
+        per = -pred
+    else:
+        per = jnp.sum(jnp.where(target > 0, target * (jnp.log(jnp.where(target > 0, target, 1.0)) - pred), 0.0), -1)
+    return jnp.mean(per.reshape(per.shape[0], -1), axis=1)
+
+
+def _score(point_losses: jax.Array, weights: jax.Array) -> jax.Array:
+    return jnp.sum(point_losses * weights) / jnp.sum(weights)
+
+
+@partial(jax.jit, static_argnames=("kind",))
+def _member_losses(values: jax.Array, target: jax.Array, weights: jax.Array, kind: str) -> jax.Array:
+    """Each member's own loss (members,) on the given points."""
+    return jax.vmap(lambda v: _score(_point_losses(v, target, kind), weights))(values)
+
+
+@partial(jax.jit, static_argnames=("draws", "best", "kind"))
+def _losses(values: jax.Array, target: jax.Array, weights: jax.Array, ok: jax.Array, val: jax.Array, ks: jax.Array,
+            key: jax.Array, draws: int, best: bool, kind: str) -> jax.Array:
+    """(len(ks), draws) losses of K-member ensembles on the scoring points; NaN where K > finite members."""
+    m = values.shape[0]
     if best:   # rank by validation loss (diverged members last); one "draw", repeated
         score = jnp.where(ok, val, jnp.inf)[None, :].repeat(draws, 0)
     else:
         score = jnp.where(ok, jax.random.uniform(key, (draws, m)), jnp.inf)
     rank = jnp.argsort(jnp.argsort(score, axis=1), axis=1)                       # (draws, m)
-    weights = (rank[None] < ks[:, None, None]) / ks[:, None, None]               # (K, draws, m)
-    mean = jnp.einsum("kdm,mp->kdp", weights, jnp.where(ok[:, None], pred, 0.0))
-    loss = jnp.mean(jnp.square(mean - target), axis=-1)
+    member_w = ((rank[None] < ks[:, None, None]) / ks[:, None, None]).reshape(-1, m)   # (K x draws, m)
+    values = jnp.where(ok.reshape((-1,) + (1,) * (values.ndim - 1)), values, 0.0)
+    one = lambda w: _score(_point_losses(_combine(w, values, kind != "outputs"), target, kind), weights)
+    loss = jax.lax.map(one, member_w, batch_size=max(1, _ROW_BUDGET // max(values.size, 1)))
+    loss = loss.reshape(ks.shape[0], draws)
     return jnp.where(ks[:, None] <= jnp.sum(ok), loss, jnp.nan)
 
 
+class _Members:
+    """The members of one point, ready to score: ``values`` (members, points, ...), the ``target`` and the
+    points' ``weights``, ``kind`` (see :func:`_point_losses`) and the unit scale."""
+
+    def __init__(self, pred, target, rule: str, weights=None, unit: str | None = None):
+        if rule not in RULES:
+            raise ValueError(f"rule = {rule!r}: one of {', '.join(RULES)}")
+        pred = np.asarray(pred, np.float32)
+        target = np.asarray(target)
+        labels = rule == "probabilities" and target.dtype.kind in "iu"
+        want = pred.shape[1:-1] if labels else pred.shape[1:]
+        if pred.ndim < 2 + (rule == "probabilities") or target.shape != want or pred.shape[1] < 2:
+            raise ValueError(f"predictions {pred.shape} and target {target.shape}: need (members, points, ...) and "
+                             f"a target shaped like one member's " + ("labels (no class axis)" if labels else "predictions")
+                             + ", points >= 2")
+        m = pred.shape[0]
+        self.ok = np.all(np.isfinite(pred.reshape(m, -1)), axis=1)
+        if labels:
+            if target.min() < 0 or target.max() >= pred.shape[-1]:
+                raise ValueError(f"labels outside 0..{pred.shape[-1] - 1}")
+            pred = np.take_along_axis(pred, target[None, ..., None].astype(np.int64), axis=-1)[..., 0]
+            target = np.zeros(target.shape, np.float32)   # unused
+        self.values, self.target = pred, target.astype(np.float32)
+        self.kind = "outputs" if rule == "outputs" else "labels" if labels else "distributions"
+        w = np.ones(pred.shape[1]) if weights is None else np.asarray(weights, np.float64)
+        if w.shape != (pred.shape[1],) or not np.all(w >= 0) or w[0::2].sum() <= 0 or w[1::2].sum() <= 0:
+            raise ValueError(f"weights {w.shape}: one weight >= 0 per point, some positive on both halves")
+        self.weights = w.astype(np.float32)
+        self.scale = 1 / math.log(2) if unit == "bits" else 1.0
+
+    def half(self, start: int) -> tuple:
+        """(values, target, weights) on the even (0, validation) or odd (1, scoring) points, as device arrays."""
+        return (jnp.asarray(self.values[:, start::2]), jnp.asarray(self.target[start::2]),
+                jnp.asarray(self.weights[start::2]))
+
+    def member_losses(self, start: int) -> np.ndarray:
+        """Each member's own loss on one half (NaN for diverged members)."""
+        with np.errstate(invalid="ignore"):
+            losses = np.asarray(_member_losses(*self.half(start), self.kind), np.float64) * self.scale
+        return np.where(self.ok, losses, np.nan)
+
+
 def ensemble_losses(pred: np.ndarray, target: np.ndarray, ks, draws: int = 100, mode: str = "random",
-                    seed: int = 0) -> np.ndarray:
-    """Losses of K-member ensembles of the members ``pred`` (members, points[, outputs]) against ``target``
-    (points[, outputs]): (len(ks), draws), scored on the odd points (see the module docstring); rows with K
-    larger than the number of finite members are NaN. ``mode = "best"`` repeats its one ensemble in
-    every draw."""
+                    seed: int = 0, rule: str = "outputs", weights=None, unit: str | None = None) -> np.ndarray:
+    """Losses of K-member ensembles of the members ``pred`` against ``target``: (len(ks), draws), scored on
+    the odd points (see the module docstring); rows with K larger than the number of finite members are NaN.
+    ``mode = "best"`` repeats its one ensemble in every draw.
+
+    ``rule = "outputs"``: ``pred`` (members, points[, outputs]) and ``target`` (points[, outputs]);
+    ``rule = "probabilities"``: ``pred`` (members, points, ..., classes) log-probabilities and ``target``
+    integer labels (points, ...) or distributions (points, ..., classes); ``weights`` (points,) weigh the
+    points (default equal), ``unit = "bits"`` reports cross-entropies in bits."""
+    return _ensembles(_Members(pred, target, rule, weights, unit), ks, draws, mode, seed)
+
+
+def _ensembles(members: _Members, ks, draws: int, mode: str, seed: int) -> np.ndarray:
     if mode not in MODES:
         raise ValueError(f"mode = {mode!r}: one of {', '.join(MODES)}")
-    pred, target = np.asarray(pred, np.float32), np.asarray(target, np.float32)
-    if pred.ndim < 2 or target.shape != pred.shape[1:] or pred.shape[1] < 2:
-        raise ValueError(f"predictions {pred.shape} and target {target.shape}: need (members, points[, outputs]) and "
-                         f"(points[, outputs]), points >= 2")
-    ks = np.asarray(_check_ks(list(ks), len(pred)), np.int32)
+    ks = np.asarray(_check_ks(list(ks), len(members.values)), np.int32)
     if draws < 1:
         raise ValueError(f"draws = {draws}: at least one draw per K")
-    m = pred.shape[0]
-    ok = np.all(np.isfinite(pred.reshape(m, -1)), axis=1)
-    with np.errstate(over="ignore"):   # a member whose error overflows ranks last among the finite ones
-        val = np.mean(np.square(np.nan_to_num(pred[:, 0::2]) - target[0::2]).reshape(m, -1), axis=1)
-    val = np.nan_to_num(val, nan=np.finfo(np.float32).max, posinf=np.finfo(np.float32).max)   # diverged: +inf below
-    scored, scored_target = pred[:, 1::2].reshape(m, -1), target[1::2].reshape(-1)
-    out = _losses(jnp.asarray(scored), jnp.asarray(scored_target), jnp.asarray(ok), jnp.asarray(val),
-                  jnp.asarray(ks), jax.random.key(seed), draws, mode == "best")
-    return np.asarray(out, np.float64)
+    val = np.nan_to_num(members.member_losses(0), nan=np.finfo(np.float32).max, posinf=np.finfo(np.float32).max)
+    with np.errstate(over="ignore"):
+        out = _losses(*members.half(1), jnp.asarray(members.ok), jnp.asarray(val, np.float32), jnp.asarray(ks),
+                      jax.random.key(seed), draws, mode == "best", members.kind)
+    return np.asarray(out, np.float64) * members.scale
 
 
 def _check_ks(ks, n: int) -> list[int]:
@@ -84,47 +172,55 @@ def _check_ks(ks, n: int) -> list[int]:
     return out
 
 
-def _target_at(target: xr.DataArray, sel: dict, over: str, rest: list[str]) -> np.ndarray:
-    """The test target of one point: the shared one, or its group's when a swept task key changes it."""
-    t = target.sel({d: v for d, v in sel.items() if d in target.dims})
-    if over in t.dims:
-        if not (t == t.isel({over: 0})).all():
-            raise ValueError(f"the test target changes along over = {over!r}: its members were scored on "
-                             f"different test sets and cannot be averaged")
-        t = t.isel({over: 0})
-    return t.transpose(*rest).values
+def _shared_along(a: xr.DataArray, sel: dict, over: list[str], rest: list[str], what: str) -> np.ndarray:
+    """The value of ``a`` (a test target or test weights) at one point, which must be the same for every
+    member combined: the shared one, or its group's when a swept task key changes it."""
+    t = a.sel({d: v for d, v in sel.items() if d in a.dims})
+    for d in over:
+        if d in t.dims:
+            if not (t == t.isel({d: 0})).all():
+                raise ValueError(f"the {what} changes along over = {d!r}: its members were scored on "
+                                 f"different test sets and cannot be combined")
+            t = t.isel({d: 0})
+    return t.transpose(*[d for d in rest if d in t.dims]).values
 
 
-def ensemble_table(ds: xr.Dataset, ks=None, by: str | None = "width", over: str = "seed", mode: str = "random",
-                   draws: int = 200, seed: int = 0) -> list[dict]:
+def ensemble_table(ds: xr.Dataset, ks=None, by: str | None = "width", over: str | tuple[str, ...] = "seed",
+                   mode: str = "random", draws: int = 200, seed: int = 0) -> list[dict]:
     """Ensemble loss vs K for every point of the sweep: one row per (value of the other dims, K).
 
-    ``over``: the dim whose members are combined (``seed``); ``by``: a size dim (``width``, ``depth`` ...:
-    stored ``n_params`` must change along it) against which each ensemble of K members of size N is
-    compared with one member with K times N's parameters (the size whose ``n_params`` is nearest, within
-    25%; ``matched_loss`` is its median member loss on the same points, also in best-K mode). ``ks``:
-    ensemble sizes (default powers of two up to the number of members, and that number). Each row: the
-    point's coordinates, ``K``, ``members`` (finite), ``diverged``, ``median``/``q25``/``q75`` over the
-    draws (K = 1 in random mode: exactly over the members; the one best-K ensemble: all three equal),
-    ``single`` (median member loss on the same points), and with ``by``: ``n_params`` (K x N's),
-    ``matched`` (the size used) and ``matched_loss``. Computed in float32.
+    ``over``: the dim whose members are combined (``seed``), or several dims whose members are pooled (e.g.
+    ``("seed", "width")``: ensembles across sizes); ``by``: a size dim (``width``, ``depth`` ...: stored
+    ``n_params`` must change along it) against which each ensemble of K members of size N is compared with
+    one member with K times N's parameters (the size whose ``n_params`` is nearest, within 25%;
+    ``matched_loss`` is its median member loss on the same points, also in best-K mode). ``ks``: ensemble
+    sizes (default powers of two up to the number of members, and that number). Each row: the point's
+    coordinates, ``K``, ``members`` (finite), ``diverged``, ``median``/``q25``/``q75`` over the draws (K = 1
+    in random mode: exactly over the members; the one best-K ensemble: all three equal), ``single`` (median
+    member loss on the same points), and with ``by``: ``n_params`` (K x N's; pooled sizes: the largest),
+    ``matched`` (the size used) and ``matched_loss``. Members combine by the rule their task saved (see the
+    module docstring); computed in float32.
     """
     if "predictions" not in ds or "test_target" not in ds:
         raise ValueError("these results hold no predictions: run the sweep with eval.save_predictions = true")
     pred = ds["predictions"]
-    rest = [d for d in ("x", "output") if d in pred.dims]
-    other = [d for d in pred.dims if d not in [over] + rest]
-    if over not in pred.dims or over in rest:
-        raise ValueError(f"over = {over!r} is not a sweep dim of the predictions (dims: {other + [over] * (over in pred.dims)})")
+    rule = pred.attrs.get("combine", "outputs")
+    rest = [d for d in ("x", "position", "output", "class") if d in pred.dims]
+    over = [over] if isinstance(over, str) else list(over)
+    other = [d for d in pred.dims if d not in over + rest]
+    if not over or any(d not in pred.dims or d in rest for d in over) or len(set(over)) < len(over):
+        raise ValueError(f"over = {over}: distinct sweep dims of the predictions (dims: {[d for d in pred.dims if d not in rest]})")
     if by is not None and by not in other:
-        raise ValueError(f"by = {by!r} must be a sweep dim other than over = {over!r} (dims: {other})")
+        raise ValueError(f"by = {by!r} must be a sweep dim other than over = {over} (dims: {other})")
     if draws < 1:
         raise ValueError(f"draws = {draws}: at least one draw per K")
-    n = pred.sizes[over]
+    pred = pred.stack(_member=over) if len(over) > 1 else pred.rename({over[0]: "_member"})
+    n = pred.sizes["_member"]
     ks = _check_ks(ks, n)
+    unit = ds["test_loss"].attrs.get("units") if "test_loss" in ds else None
     params = None
     if by is not None and "n_params" in ds:
-        params = ds["n_params"].max(over) if over in ds["n_params"].dims else ds["n_params"]
+        params = ds["n_params"].max([d for d in over if d in ds["n_params"].dims])
         if (params == params.isel({by: 0})).all() and ds.sizes[by] > 1:
             raise ValueError(f"by = {by!r} is not a size: the members' n_params do not change along it")
         params = params.transpose(*other).values
@@ -132,19 +228,20 @@ def ensemble_table(ds: xr.Dataset, ks=None, by: str | None = "width", over: str 
     rows = []
     for index in np.ndindex(*singles.shape):
         sel = {d: ds[d].values[i].item() for d, i in zip(other, index)}
-        p = pred.isel(dict(zip(other, index))).transpose(over, *rest).values
-        target = _target_at(ds["test_target"], sel, over, rest)
-        losses = ensemble_losses(p, target, ks, draws, mode, seed)
-        ok = np.all(np.isfinite(p.reshape(len(p), -1)), axis=1)
-        per_member = np.mean(np.square(p[ok][:, 1::2] - target[1::2]).reshape(int(ok.sum()), -1), axis=1)
+        p = pred.isel(dict(zip(other, index))).transpose("_member", *rest).values
+        target = _shared_along(ds["test_target"], sel, over, rest, "test target")
+        weights = _shared_along(ds["test_weight"], sel, over, rest, "test weight") if "test_weight" in ds else None
+        members = _Members(p, target, rule, weights, unit)
+        losses = _ensembles(members, ks, draws, mode, seed)
+        per_member = members.member_losses(1)[members.ok]
         singles[index] = float(np.median(per_member)) if per_member.size else np.nan
         for k, row in zip(ks, losses):
             if k == 1 and mode == "random":   # every member once: the exact distribution over single members
                 row = per_member
             q25, q50, q75 = (np.nanpercentile(row, q) if np.isfinite(row).any() else np.nan for q in (25, 50, 75))
-            rows.append({**sel, "K": k, "mode": mode, "members": int(ok.sum()), "diverged": int((~ok).sum()),
-                         "median": float(q50), "q25": float(q25), "q75": float(q75), "single": float(singles[index]),
-                         "_index": index})
+            rows.append({**sel, "K": k, "mode": mode, "members": int(members.ok.sum()),
+                         "diverged": int((~members.ok).sum()), "median": float(q50), "q25": float(q25),
+                         "q75": float(q75), "single": float(singles[index]), "_index": index})
     if params is not None:
         axis = other.index(by)
         for row in rows:

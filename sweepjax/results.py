@@ -45,6 +45,17 @@ def _scatter(grid: Grid, outputs: list[GroupOutput], get, fill) -> np.ndarray:
     return flat.reshape(grid.shape + first.shape[1:])
 
 
+def _without_constant_dims(v: np.ndarray, dims: list[str], own: list[str]) -> tuple[list[str], np.ndarray]:
+    """(dims, values) of a per-member array (sweep dims first) without the sweep dims it does not change along."""
+    kept = list(dims)
+    for d in dims:
+        i = kept.index(d)
+        first = np.take(v, [0], axis=i)
+        if (v == first).all():
+            v, kept = first.squeeze(i), kept[:i] + kept[i + 1:]
+    return kept + own, v
+
+
 def _pad_to(a: np.ndarray, shape: tuple) -> np.ndarray:
     out = np.zeros((a.shape[0],) + shape, a.dtype)
     out[(slice(None),) + tuple(slice(0, s) for s in a.shape[1:])] = a
@@ -129,12 +140,21 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
         coords.update({d: np.arange(n) for d, n in zip(record_dims, values.shape[len(dims) + 1:])})
     for name, v in (floors or {}).items():
         data[name] = ((), float(v.flat[0])) if np.all(v == v.flat[0]) else (dims, v)
-    if cfg.eval.save_predictions:
+    combine = task.predictions(cfg.task) if cfg.eval.save_predictions else None
+    if combine:
         x, target, per_member = test
-        lead = len(dims) if per_member else 0
-        out_dims = ["x"] + (["output"] if np.ndim(target) - lead == 2 else [])   # vector outputs: an output dim
-        coords["x"], data["test_target"] = x, ((dims if per_member else []) + out_dims, target)
-        data["predictions"] = (dims + out_dims, _scatter(grid, outputs, lambda o: o.predictions, np.nan))
+        coords["x"] = x
+        pred = _scatter(grid, outputs, lambda o: o.predictions["predictions"], np.nan)
+        if combine == "outputs":
+            out_dims = ["x"] + (["output"] if pred.ndim - len(dims) == 2 else [])   # vector outputs: an output dim
+            data["test_target"] = ((dims if per_member else []) + out_dims, target)
+        else:   # log-probabilities (x[, position], class), each member's target and test-example weights
+            out_dims = ["x"] + ["position"] * (pred.ndim - len(dims) == 3) + ["class"]
+            for name in ("test_target", "test_weight"):
+                v = _scatter(grid, outputs, lambda o: o.predictions[name], 0)
+                own = out_dims[: v.ndim - len(dims)] if name == "test_target" else ["x"]
+                data[name] = _without_constant_dims(v, dims, own)
+        data["predictions"] = (dims + out_dims, pred)
     if cfg.eval.save_params:
         for name in outputs[0].params:
             shape = tuple(np.max([o.params[name].shape[1:] for o in outputs], axis=0))
@@ -154,6 +174,12 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     if "converged_step" in ds:
         ds["converged_step"].attrs["description"] = ("L-BFGS: step at which the member was frozen because even a "
                                                      "restarted line search found no decrease (-1: never)")
+    if combine:
+        ds["predictions"].attrs["combine"] = combine
+        ds["predictions"].attrs["description"] = (
+            "each member's final outputs on the test set (ensembles average them)" if combine == "outputs" else
+            "each member's final log-probabilities on the test set (ensembles average the probabilities); "
+            "test_target: labels or a distribution, test_weight: each test example's weight in the test loss")
     for name, text in FLOOR_DESCRIPTIONS.items():
         if name in ds:
             ds[name].attrs["description"] = text

@@ -134,3 +134,101 @@ def test_each_member_is_scored_against_its_own_groups_test_set():
     np.testing.assert_allclose(err.values, ds.final_test_loss.values, rtol=1e-4)
     rows = ensemble_table(ds, ks=[1], by=None)
     assert {r["teacher_seed"] for r in rows} == {0, 1} and all(r["median"] < 1 for r in rows)
+
+
+def test_probability_ensembles_equal_a_direct_computation():
+    """Mean of probabilities: labels (cross-entropy, in bits, weighted points) and distributions (KL), K = all."""
+    rng = np.random.default_rng(0)
+    m, p, c = 5, 12, 3
+    logits = rng.standard_normal((m, p, c)) * 2
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    labels = rng.integers(0, c, p)
+    weights = rng.uniform(0.5, 2.0, p)
+    mean = np.exp(log_probs).mean(0)[1::2]                                         # the scoring (odd) points
+    w = weights[1::2] / weights[1::2].sum()
+    ce = -np.sum(w * np.log(mean[np.arange(len(mean)), labels[1::2]])) / np.log(2)
+    got = ensemble_losses(log_probs, labels, [m], draws=2, rule="probabilities", weights=weights, unit="bits")
+    np.testing.assert_allclose(got, ce, rtol=1e-5)
+    target = np.exp(rng.standard_normal((p, c)))
+    target /= target.sum(-1, keepdims=True)
+    kl = np.mean(np.sum(target[1::2] * (np.log(target[1::2]) - np.log(mean)), -1))
+    np.testing.assert_allclose(ensemble_losses(log_probs, target, [m], draws=2, rule="probabilities"), kl, rtol=1e-5)
+    pairs = {round(float(np.mean(np.sum(target[1::2] * (np.log(target[1::2]) - np.log(np.exp(log_probs[[i, j]]).mean(0)[1::2])), -1))), 5)
+             for i in range(m) for j in range(i + 1, m)}
+    assert set(np.round(ensemble_losses(log_probs, target, [2], draws=20, rule="probabilities")[0], 5)) <= pairs
+    # confident members: a probability that underflows in float32 alone still averages exactly (log-sum-exp)
+    sure = np.stack([np.log([1.0, 1e-45, 1e-45]) * np.ones((p, 1)), np.log([1e-3, 0.998, 1e-3]) * np.ones((p, 1))])
+    got = ensemble_losses(sure, np.ones(p, int), [2], draws=1, rule="probabilities")
+    np.testing.assert_allclose(got, -np.log(0.499), rtol=1e-5)
+    with pytest.raises(ValueError, match="labels outside"):
+        ensemble_losses(log_probs, labels + 3, [1], rule="probabilities")
+
+
+def _rescored(ds):
+    """Each member's loss recomputed from its saved predictions on ALL test points (the engine's test loss)."""
+    from sweepjax.ensemble import _Members, _member_losses
+    pred = ds.predictions
+    sweep = [d for d in pred.dims if d not in ("x", "position", "class")]
+    flat = pred.stack(m=sweep).transpose("m", ...)
+    out = []
+    for i in range(flat.sizes["m"]):
+        sel = {d: flat.m.values[i][j] for j, d in enumerate(sweep)}
+        t = ds.test_target.sel({d: v for d, v in sel.items() if d in ds.test_target.dims}).values
+        w = ds.test_weight.sel({d: v for d, v in sel.items() if d in ds.test_weight.dims}).values
+        mem = _Members(flat.isel(m=[i, i]).values, t, "probabilities", w, ds.test_loss.attrs["units"])
+        out.append(float(_member_losses(mem.values, mem.target, mem.weights, mem.kind)[0]) * mem.scale)
+    return np.asarray(out), ds.final_test_loss.stack(m=sweep).values
+
+
+@pytest.mark.parametrize("case", ["sparse-parity", "teacher-own", "teacher-head", "markov"])
+def test_saved_probabilities_rescore_as_each_members_test_loss(case):
+    """The saved log-probabilities, targets and weights give back every member's own test loss: sparse parity
+    (bits, points weighted by each member's Zipf frequencies, an exponent sweep), KL students (own head, the
+    teacher's frozen head; per-member temperatures) and next-token prediction (positions)."""
+    from sweepjax.config import build_config
+    from sweepjax.run import run_sweep
+    raw = {"train": {"steps": 20, "chunk_steps": 20, "lr": 1e-2}, "eval": {"points": 2, "save_predictions": True},
+           "model": {"width": 8}}
+    if case == "sparse-parity":
+        raw.update(task={"name": "sparse-parity", "n_tasks": 4, "n_bits": 6, "test_size": 32, "batch_size": 32},
+                   sweep={"task.zipf_exponent": [0.5, 2.0], "seed": [0, 1]})
+    elif case.startswith("teacher"):
+        raw.update(task={"name": "teacher", "teacher_depth": 2, "teacher_width": 4, "teacher_hidden": 8,
+                         "n_classes": 5, "test_size": 16, "batch_size": 16,
+                         "student_head": "own" if case == "teacher-own" else "teacher"},
+                   model={"width": 4, "residual": True, "depth": 2, "norm": "rmsnorm", "input": "none",
+                          **({"head": "none"} if case == "teacher-head" else {})},
+                   sweep={"task.temperature": [0.5, 2.0], "seed": [0, 1]})
+    else:
+        raw.update(task={"name": "markov", "vocab": 6, "context": 5, "test_size": 8, "batch_size": 8},
+                   model={"family": "transformer", "width": 8, "heads": 1}, sweep={"seed": [0, 1, 2]})
+    ds = run_sweep(build_config(raw), log=None)[0]
+    assert ds.predictions.attrs["combine"] == "probabilities" and ds.predictions.dims[-1] == "class"
+    rescored, engine = _rescored(ds)
+    np.testing.assert_allclose(rescored, engine, rtol=2e-5, atol=1e-6)
+    rows = ensemble_table(ds, ks=[1, 2], by=None, draws=5)
+    assert all(np.isfinite(r["median"]) for r in rows)
+    if case == "sparse-parity":   # per-member weights follow the exponent, and are kept with it
+        assert ds.test_weight.dims == ("zipf_exponent", "x") and ds.test_loss.attrs["units"] == "bits"
+    if case.startswith("teacher"):
+        assert ds.test_target.dims == ("temperature", "x", "class")
+    if case == "markov":
+        assert ds.predictions.dims == ("seed", "x", "position", "class") and ds.test_target.dims == ("x", "position")
+
+
+def test_ensembles_across_sizes_pool_members_of_every_width(tmp_path, capsys):
+    """over = (seed, width): one pool of all finite members of every width; K = all is their full mean."""
+    from sweepjax.cli import main
+    ds = sweep_results()
+    rows = ensemble_table(ds, ks=[1, 23], by=None, over=("seed", "width"), draws=3)
+    assert [r["K"] for r in rows] == [1, 23] and rows[0]["members"] == 23 and rows[0]["diverged"] == 1
+    p = ds.predictions.values.reshape(24, -1)
+    mean = np.nanmean(p, axis=0)[1::2]
+    np.testing.assert_allclose(rows[1]["median"], np.mean((mean - ds.test_target.values[1::2]) ** 2), rtol=1e-5)
+    with pytest.raises(ValueError, match="other than over"):
+        ensemble_table(ds, over=("seed", "width"), by="width")
+    with pytest.raises(ValueError, match="distinct sweep dims"):
+        ensemble_table(ds, over=("seed", "seed"), by=None)
+    ds.to_netcdf(tmp_path / "results.nc", engine="h5netcdf")
+    assert main(["ensemble", str(tmp_path), "--over", "seed,width", "--by", "", "--k", "1,4"]) == 0
+    assert "all K=   4 (random)" in capsys.readouterr().out

@@ -73,7 +73,7 @@ class GroupOutput:
     diverged: np.ndarray         # (n,) bool
     diverged_step: np.ndarray    # (n,) int, -1 if never
     converged_step: np.ndarray   # (n,) int: L-BFGS step at which the member was frozen as converged, -1 if never
-    predictions: np.ndarray | None  # (n, test_size) for scalar outputs, (n, test_size, outputs), or None
+    predictions: dict | None     # eval.save_predictions: see GroupProgram.predict; None otherwise
     activations: np.ndarray | None  # (n, n_eval, n_probes) activation RMS at each evaluation, or None
     records: dict[str, np.ndarray]  # the task's RECORDS: name -> (n, n_eval, *its shape)
     layers: np.ndarray | None    # eval.layers: (n, n_eval or 1, len(LAYER_METRICS), max depth + 1), or None
@@ -285,9 +285,12 @@ class GroupProgram:
                 "diverged_step": jnp.where(diverged & (state["diverged_step"] < 0), t, state["diverged_step"])}
 
     def _predict_member(self, params, m):
-        x, _ = self.task.test_set(self.dtype)
+        x, y = self.task.test_set(self.dtype)
         out = self._apply(params, x, m)
-        return out[:, 0] if out.shape[-1] == 1 else out
+        if self.task.predictions(self.cfg.task) == "probabilities":
+            log_probs, target = self.task.distributions(out, y, m["task"])
+            return {"predictions": log_probs, "test_target": target, "test_weight": self.task.test_weights(m["task"])}
+        return {"predictions": out[:, 0] if out.shape[-1] == 1 else out}
 
     # ---- the member axis --------------------------------------------------------------------
     def _run_chunk(self, state: dict, members: dict, seeds: jax.Array, evals: jax.Array, start: jax.Array,
@@ -347,9 +350,11 @@ class GroupProgram:
                 after_chunk(end, total, time.perf_counter() - t0, state)
         return state, compile_s, time.perf_counter() - t0
 
-    def predict(self, params: dict, members: dict) -> np.ndarray:
-        """Final predictions on the test set, (n, test_size) (scalar outputs) or (n, test_size, outputs)."""
-        return to_host(self._predict(params, members))
+    def predict(self, params: dict, members: dict) -> dict[str, np.ndarray]:
+        """Final predictions on the test set: ``predictions`` (n, test_size) (scalar outputs) or (n, test_size,
+        outputs); for a task whose members combine by probabilities, (n, test_size[, positions], classes)
+        log-probabilities, with each member's ``test_target`` and ``test_weight`` (see Task.distributions)."""
+        return {k: to_host(v) for k, v in self._predict(params, members).items()}
 
 
 def layer_slots(cfg: Config) -> int:
@@ -441,7 +446,8 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
             # A diverged member's frozen parameters are its last finite ones, not a result: NaN them.
             failed = lambda a: np.where(host["diverged"].reshape((-1,) + (1,) * (a.ndim - 1)), np.nan, a)
             if cfg.eval.save_predictions:
-                host["predictions"] = failed(program.predict(state["params"], members)[: len(idx)])
+                kept = {k: v[: len(idx)] for k, v in program.predict(state["params"], members).items()}
+                host.update({f"predict/{k}": failed(v) if k == "predictions" else v for k, v in kept.items()})
             if cfg.eval.save_params:
                 host.update({k: failed(v) for k, v in host_params(state["params"], len(idx), prefix="params/").items()})
             if store:
@@ -449,6 +455,7 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
             parts.append(host)
     cat = lambda k: np.concatenate([p[k] for p in parts]) if k in parts[0] else None
     params = {k[len("params/"):]: cat(k) for k in parts[0] if k.startswith("params/")} or None
+    predictions = {k[len("predict/"):]: cat(k) for k in parts[0] if k.startswith("predict/")} or None
     records = {k[len("records/"):]: cat(k) for k in parts[0] if k.startswith("records/")}
     layers = cat("layers")
     if layers is None and cfg.eval.layers != "off":   # a plain-MLP group of a sweep over model.residual
@@ -456,6 +463,6 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
     test_loss = cat("test_loss")
     last = np.searchsorted(program.steps, group.values["train.steps"])   # each member's own last step
     return GroupOutput(cat("train_loss"), test_loss, cat("diverged"), cat("diverged_step"),
-                       cat("converged_step"), cat("predictions"), cat("activations"), records, layers, params,
+                       cat("converged_step"), predictions, cat("activations"), records, layers, params,
                        compile_s, run_s,
                        test_loss[np.arange(n), last])

@@ -27,9 +27,12 @@ A task is one module with one class deriving from :class:`Task`, named in
   combine: the mean, or weights such as per-member task frequencies) and :meth:`floors` (irreducible
   losses when known);
 * ``RECORDS`` / :meth:`records`: what else it measures at every evaluation (name -> dims).
-* ``PREDICTIONS`` (outputs that ``eval.save_predictions`` may keep: outputs whose members combine by their
-  mean, under squared error; vector outputs get an ``output`` dim) and :meth:`samples` (False
-  for a setting with its own fixed full batch, where ``dataset_size`` is ignored);
+* ``PREDICTIONS`` (:meth:`predictions` where a key changes it): how members' predictions on the test set,
+  kept by ``eval.save_predictions``, combine into an ensemble: ``"outputs"`` (squared-error outputs: the
+  mean of the outputs; vector outputs get an ``output`` dim), ``"probabilities"`` (classifiers: the mean of
+  the predicted probabilities, scored by the task's cross-entropy or KL; :meth:`distributions` gives what
+  is kept), or None (nothing to keep); :meth:`samples` (False for a setting with its own fixed full batch,
+  where ``dataset_size`` is ignored);
 * ``STUDY``: the analysis module whose ``analyse(ds, out, run_cfg, width_rows, log, warn)`` writes the
   study's numbers and figures after a run (and ``sweepjax plot``).
 
@@ -61,7 +64,8 @@ class Task:
     LOSS_UNIT: str = "nats"
     RECORDS: dict[str, tuple[str, ...]] = {}    # extra per-evaluation results: name -> its own dims
     SHARED_BATCH: bool = False                 # train_batch ignores m: drawn once per step per distinct data seed
-    PREDICTIONS: bool = False                  # eval.save_predictions keeps outputs on the test set (squared-error outputs)
+    PREDICTIONS: str | None = None             # how saved test-set predictions combine: "outputs" | "probabilities"
+    COMBINE = ("outputs", "probabilities")
     STUDY: str = "sweepjax.analysis.lottery"   # module whose analyse(ds, out, run_cfg, width_rows, log, warn) runs after a sweep
 
     def __init__(self, cfg: TaskConfig):
@@ -86,6 +90,11 @@ class Task:
     def loss_unit(cls, keys: TaskConfig) -> str:
         """The unit of the losses (``LOSS_UNIT`` unless a key of the task changes it)."""
         return cls.LOSS_UNIT
+
+    @classmethod
+    def predictions(cls, keys: TaskConfig) -> str | None:
+        """How saved predictions combine (``PREDICTIONS`` unless a key of the task changes it)."""
+        return cls.PREDICTIONS
 
     @classmethod
     def samples(cls, keys: TaskConfig) -> bool:
@@ -131,6 +140,18 @@ class Task:
     def losses(self, outputs: jax.Array, y: jax.Array, m: dict) -> jax.Array:
         """Per-example losses (B,), in ``LOSS_UNIT``."""
         raise NotImplementedError
+
+    def test_weights(self, m: dict) -> jax.Array:
+        """Weights of the test examples in :meth:`test_loss`, summing to 1: uniform unless the task weights
+        its test examples (kept with saved probabilities so that ensembles are scored as members are)."""
+        return jnp.full(self.cfg.test_size, 1.0 / self.cfg.test_size)
+
+    def distributions(self, outputs: jax.Array, y: jax.Array, m: dict) -> tuple[jax.Array, jax.Array]:
+        """For ``PREDICTIONS = "probabilities"``: (the member's predicted log-probabilities on the test set,
+        classes last; the target: integer labels shaped like them without the class axis, or a distribution
+        shaped like them), such that :meth:`losses` is the cross-entropy (labels) or KL (distribution) of
+        these, averaged over positions, in ``loss_unit``. Default: a softmax over the model's outputs."""
+        return jax.nn.log_softmax(outputs.astype(jnp.float32)), y
 
     def floors(self) -> dict[str, float]:
         """Known loss floors in ``LOSS_UNIT``: ``irreducible_loss`` (the best expected test loss) and

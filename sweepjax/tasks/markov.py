@@ -118,6 +118,7 @@ class Markov(Task):
     MAXIMUM = {"task.vocab": 4096, "task.context": 2**16}
     BELOW = {"task.sparsity": 1.0}
     LOSS_UNIT = "nats"
+    PREDICTIONS = "probabilities"   # next-token distributions (test_size, context, vocab)
 
     def __init__(self, cfg: Keys):
         super().__init__(cfg)

@@ -67,7 +67,7 @@ class Regression1D(Task):
     }
     WHY = {k: "the grid is one fixed full batch" for k in ("task.batch_size", "task.data_seed", "task.dataset_size")}
     LOSS_UNIT = "squared error"
-    PREDICTIONS = True
+    PREDICTIONS = "outputs"
 
     @classmethod
     def check(cls, cfg: Config) -> None:

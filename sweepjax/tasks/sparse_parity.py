@@ -57,6 +57,7 @@ class SparseParity(Task):
     Keys = Keys
     FAMILIES = ("mlp",)
     MEMBER_KEYS = ("task.zipf_exponent",)
+    PREDICTIONS = "probabilities"
     MINIMUM = {"task.n_tasks": (1, True), "task.n_bits": (1, True), "task.k": (1, True),
                "task.subsets_seed": (0, True), "task.zipf_exponent": (0, True)}
     MAXIMUM = {"task.n_tasks": 10**5, "task.n_bits": 10**4}
@@ -150,10 +151,14 @@ class SparseParity(Task):
         """Mean test loss of each subtask, (n_tasks,), from the per-example test losses."""
         return jnp.mean(losses.reshape(self.cfg.n_tasks, -1), axis=1)
 
+    def test_weights(self, m: dict) -> jax.Array:
+        """Each test example of subtask i weighs p_i (the member's exact frequency) / its examples of subtask i."""
+        p = frequencies(self.cfg.n_tasks, m["zipf_exponent"])
+        return jnp.repeat(p, self.cfg.test_size // self.cfg.n_tasks) / (self.cfg.test_size // self.cfg.n_tasks)
+
     def test_loss(self, losses: jax.Array, m: dict) -> jax.Array:
         """Sum over subtasks of p_i (the member's exact frequencies) x the subtask's mean test loss."""
-        p = frequencies(self.cfg.n_tasks, m["zipf_exponent"]).astype(losses.dtype)
-        return jnp.sum(p * self.subtask_losses(losses))
+        return jnp.sum(self.test_weights(m).astype(losses.dtype) * losses)
 
     def record_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"subtask_loss": (self.cfg.n_tasks,)}

@@ -110,11 +110,9 @@ class Teacher(Task):
                "task.n_classes": (2, True), "task.teacher_seed": (0, True), "task.temperature": (0, False)}
     MAXIMUM = {"task.teacher_depth": 4096, "task.teacher_width": 2**14, "task.teacher_hidden": 2**16,
                "task.n_classes": 2**20}
-    APPLIES = {**{f"task.{k}": ({"task.target": ("kl",)},) for k in ("temperature", "n_classes", "head_init", "student_head")},
-               "eval.save_predictions": ({"task.target": ("mse",)},)}
-    WHY = {**{k: "the MSE target is the teacher's final state, not its softmax" for k in APPLIES},
-           "eval.save_predictions": "KL members combine by their probabilities, not by their saved logits"}
-    PREDICTIONS = True   # target "mse": the students' final normed states (ensembles average them)
+    APPLIES = {f"task.{k}": ({"task.target": ("kl",)},) for k in ("temperature", "n_classes", "head_init", "student_head")}
+    WHY = {k: "the MSE target is the teacher's final state, not its softmax" for k in APPLIES}
+    PREDICTIONS = "outputs"   # target "mse": the students' final normed states; "kl": their class probabilities
     STUDY = "sweepjax.analysis.depth"
 
     def __init__(self, cfg: Keys):
@@ -166,10 +164,23 @@ class Teacher(Task):
         x = jax.random.normal(key, (self.cfg.test_size, self.cfg.teacher_width), dtype)
         return x, self.targets(x, dtype)
 
+    @classmethod
+    def predictions(cls, keys: Keys) -> str:
+        return "outputs" if keys.target == "mse" else "probabilities"
+
+    def student_logits(self, outputs: jax.Array, m: dict) -> jax.Array:
+        """The student's class logits: its own head's outputs, or its normed state through the teacher's
+        frozen head, divided by the temperature as the teacher's are (``student_head = "teacher"``)."""
+        if self.cfg.student_head == "teacher":
+            return outputs.astype(jnp.float32) @ self.params["head"] / m["temperature"]
+        return outputs
+
     def losses(self, outputs: jax.Array, y: jax.Array, m: dict) -> jax.Array:
-        if self.cfg.target == "kl" and self.cfg.student_head == "teacher":   # frozen teacher head, both / T
-            logits = outputs.astype(jnp.float32) @ self.params["head"] / m["temperature"]
-            return kl_divergence(logits, y, m["temperature"])
         if self.cfg.target == "kl":
-            return kl_divergence(outputs, y, m["temperature"])
+            return kl_divergence(self.student_logits(outputs, m), y, m["temperature"])
         return squared_error(outputs, y)
+
+    def distributions(self, outputs: jax.Array, y: jax.Array, m: dict) -> tuple[jax.Array, jax.Array]:
+        """Target "kl": the student's log-probabilities and the teacher's distribution at the member's temperature."""
+        logits = self.student_logits(outputs, m).astype(jnp.float32)
+        return jax.nn.log_softmax(logits), jax.nn.softmax(y.astype(jnp.float32) / m["temperature"])
