@@ -124,6 +124,8 @@ def test_qdg_finds_the_learned_subtasks(trained, tmp_path):
     assert res.clusters == s["subtasks_present"] >= 2
     assert np.asarray(s["contingency"]).sum() == res.n_kept
     shuffled = adjusted_rand_score(np.random.default_rng(0).permutation(res.subtasks), res.labels)
+    assert abs(s["ari_null_mean"]) < 0.01 and 0 < s["ari_null_sd"] < 0.05   # the reported chance level
+    assert res.ari > s["ari_null_mean"] + 3 * s["ari_null_sd"]
     # The paper's affinity: clusters follow subtasks AND labels (opposite labels -> opposite gradients),
     # so the ARI against subtasks alone is modest, but clearly above a shuffled labelling.
     assert res.ari > 0.03 and res.ari > shuffled + 0.03, (res.ari, shuffled)

@@ -33,6 +33,7 @@ from sweepjax.config import Config, build_config, dim_name, member_keys
 from sweepjax.results import saved_task
 
 PARAM_PREFIX = "param."
+NULL_DRAWS = 200   # shuffles of the subtask ids for the ARI's chance level
 
 
 # ---- rebuilding one member -------------------------------------------------------------------
@@ -280,7 +281,8 @@ def qdg(ds: xr.Dataset, member: dict | None = None, n_samples: int = 2000, clust
     ``seed``), keeps those with per-sample loss < ``threshold`` (in the task's unit, bits), clusters their
     normalised per-sample gradients into ``clusters`` clusters (default: the number of distinct subtasks
     among the kept samples, so the adjusted Rand index is scored at the true number of quanta) and scores
-    the clusters against the true subtask ids.
+    the clusters against the true subtask ids, beside the ARI's chance level (``ari_null_mean``/``_sd`` in
+    ``extra``: the same clusters scored against ``NULL_DRAWS`` shuffles of the subtask ids).
 
     ``align_labels`` (not in the paper; default off): multiply each gradient by its label's sign (+1 for
     parity 1, -1 for parity 0). With two classes the cross-entropy gradient is -p_wrong * s_y * d(logit_1 -
@@ -324,6 +326,8 @@ def qdg(ds: xr.Dataset, member: dict | None = None, n_samples: int = 2000, clust
     labels = spectral_clusters(gradient_affinity(grads), k, n_init=n_init, seed=seed)
     sizes, slope = rank_frequency(labels)
     ari = float(adjusted_rand_score(sub_kept, labels))
+    rng = np.random.default_rng(seed)   # chance level: the same clusters against shuffled subtask ids
+    null = np.array([adjusted_rand_score(rng.permutation(sub_kept), labels) for _ in range(NULL_DRAWS)])
     cont = np.zeros((k, n_tasks), np.int64)
     np.add.at(cont, (labels, sub_kept), 1)
     return QDGResult(
@@ -331,7 +335,8 @@ def qdg(ds: xr.Dataset, member: dict | None = None, n_samples: int = 2000, clust
         cluster_sizes=sizes, slope=slope, ari=ari, labels=labels, subtasks=sub_kept, losses=losses[keep],
         contingency=cont, subtask_kept=np.bincount(sub_kept, minlength=n_tasks),
         subtask_drawn=np.bincount(subtask, minlength=n_tasks),
-        extra={"n_params": int(grads.shape[1]), "zero_gradients_dropped": int(np.count_nonzero(~nonzero)),
+        extra={"ari_null_mean": float(null.mean()), "ari_null_sd": float(null.std()), "ari_null_draws": NULL_DRAWS,
+               "n_params": int(grads.shape[1]), "zero_gradients_dropped": int(np.count_nonzero(~nonzero)),
                "seed": int(seed), "align_labels": bool(align_labels)})
 
 
@@ -373,7 +378,8 @@ def run_qdg_cli(results_dir: str | Path, member: dict | None = None, clusters: i
     res.to_json(out_json)
     plot_rank_frequency(res, plot_path)
     print(f"qdg {res.member}: {res.n_kept}/{res.n_drawn} samples kept, {res.clusters} clusters, "
-          f"ARI {res.ari:.3f}, rank-frequency slope {res.slope:.2f}; wrote {out_json} and {plot_path}")
+          f"ARI {res.ari:.3f} (chance {res.extra['ari_null_mean']:.3f} +- {res.extra['ari_null_sd']:.3f}), "
+          f"rank-frequency slope {res.slope:.2f}; wrote {out_json} and {plot_path}")
     return res
 
 
