@@ -49,6 +49,7 @@ SPARSE = {"task.name": "sparse-parity", "task.n_tasks": 4, "task.n_bits": 6}   #
 TEACHER = {"task.name": "teacher", "task.teacher_depth": 2, "task.teacher_width": 4, "task.teacher_hidden": 4,
            **RESIDUAL}
 TEACHER_MSE = {**TEACHER, "task.target": "mse"}
+GRAPH = {"task.name": "graph-walk", "model.family": "transformer", "task.nodes": 12, "task.edges": 20}
 
 # key -> (base where it acts, a non-default value[, keys that must change with it]): the run differs from the base's.
 CHECKED: dict[str, tuple] = {
@@ -67,6 +68,11 @@ CHECKED: dict[str, tuple] = {
     "task.chain_seed": (TRANSFORMER, 1),
     "task.sparsity": (TRANSFORMER, 0.5),
     "task.temperature": (TRANSFORMER, 0.3),
+    "task.graph": (GRAPH, "barabasi-albert"),
+    "task.nodes": (GRAPH, 10),
+    "task.edges": (GRAPH, 30),
+    "task.graph_seed": (GRAPH, 1),
+    "task.bias": (GRAPH, 1.0),
     "model.activation": (MLP, "relu"),
     "model.residual": (MLP, True),
     "model.norm": (RESIDUAL, "rmsnorm"),
@@ -259,7 +265,7 @@ def test_eval_keys_add_their_variables():
 
 
 # Bases tried, in order, for a config where a key has no effect.
-ELSEWHERE = [MLP, TRANSFORMER, LBFGS, TEACHER_MSE, {**SPARSE, "task.n_tasks": 1}]
+ELSEWHERE = [MLP, TRANSFORMER, LBFGS, TEACHER_MSE, {**SPARSE, "task.n_tasks": 1}, GRAPH]
 
 
 CONDITIONAL = sorted({k for t in TASKS for k in schema(t).applies})

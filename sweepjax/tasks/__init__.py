@@ -12,6 +12,7 @@ import importlib
 TASKS: dict[str, str] = {
     "regression-1d": "sweepjax.tasks.regression:Regression1D",
     "markov": "sweepjax.tasks.markov:Markov",
+    "graph-walk": "sweepjax.tasks.graph_walk:GraphWalk",
     "sparse-parity": "sweepjax.tasks.sparse_parity:SparseParity",
     "teacher": "sweepjax.tasks.teacher:Teacher",
 }

@@ -65,19 +65,36 @@ def _cdf_rows(p: np.ndarray) -> np.ndarray:
     return cdf.astype(np.float32)
 
 
-def _search(lookup, u: jax.Array, v: int) -> jax.Array:
-    """Smallest j in [0, V) with lookup(j) > u, elementwise; ``lookup(j)`` gives cumulative values shaped like u.
+def _search(lookup, u: jax.Array, v: int, lo: jax.Array | None = None, hi: jax.Array | None = None) -> jax.Array:
+    """Smallest j in [lo, hi] with lookup(j) > u, elementwise; ``lookup(j)`` gives cumulative values shaped like u.
 
-    A binary search of ceil(log2 V) gathers; requires lookup(V - 1) > u (the CDF ends at exactly 1, u < 1).
+    By default lo = 0 and hi = V - 1 (``v`` = V); with bounds given per element (int32 arrays shaped like u: a
+    segment of a CSR array, say), ``v`` is the longest segment, hi - lo + 1 <= v. A binary search of
+    ceil(log2 v) gathers; requires lookup(hi) > u (the CDF ends at exactly 1, u < 1).
     """
-    lo = jnp.zeros(u.shape, jnp.int32)
-    hi = jnp.full(u.shape, v - 1, jnp.int32)
+    lo = jnp.zeros(u.shape, jnp.int32) if lo is None else jnp.broadcast_to(lo, u.shape).astype(jnp.int32)
+    hi = jnp.full(u.shape, v - 1, jnp.int32) if hi is None else jnp.broadcast_to(hi, u.shape).astype(jnp.int32)
     for _ in range(max(1, math.ceil(math.log2(v)))):
         mid = (lo + hi) // 2
         above = lookup(mid) > u
         hi = jnp.where(above, mid, hi)
         lo = jnp.where(above, lo, mid + 1)
     return lo
+
+
+def _sequences(cdf0: jax.Array, next_token, key: jax.Array, n: int, t: int) -> jax.Array:
+    """n sequences of t + 1 tokens, (n, t + 1) int32: x_0 by inverse CDF over ``cdf0`` ((V,) float32, the law
+    of x_0), then ``x_{s+1} = next_token(x_s, u)`` with one fresh uniform u in [0, 1) per token, by a
+    ``lax.scan`` over the t steps with the n sequences vectorised."""
+    u = jax.random.uniform(key, (t + 1, n), jnp.float32)     # one uniform per token, in [0, 1)
+    x0 = _search(lambda j: cdf0[j], u[0], cdf0.shape[0])
+
+    def step(x, u):
+        nxt = next_token(x, u)
+        return nxt, nxt
+
+    _, rest = jax.lax.scan(step, x0, u[1:])
+    return jnp.concatenate([x0[:, None], rest.T], axis=1).astype(jnp.int32)
 
 
 @partial(jax.jit, static_argnums=(3, 4))
@@ -87,16 +104,88 @@ def _sample(cdf: jax.Array, cdf0: jax.Array, key: jax.Array, n: int, t: int) -> 
     Jitted so that eager calls compile once per shape; inside an outer jit or vmap it is simply inlined.
     """
     v = cdf0.shape[0]
-    u = jax.random.uniform(key, (t + 1, n), jnp.float32)     # one uniform per token, in [0, 1)
-    x0 = _search(lambda j: cdf0[j], u[0], v)
+    # Search row x of the transition CDF in place (no (n, V) gather of whole rows).
+    return _sequences(cdf0, lambda x, u: _search(lambda j: cdf[x, j], u, v), key, n, t)
 
-    def step(x, u):
-        # Search row x of the transition CDF in place (no (n, V) gather of whole rows).
-        nxt = _search(lambda j: cdf[x, j], u, v)
-        return nxt, nxt
 
-    _, rest = jax.lax.scan(step, x0, u[1:])
-    return jnp.concatenate([x0[:, None], rest.T], axis=1).astype(jnp.int32)
+class ChainTask(Task):
+    """Next-token prediction on stationary sequences of a Markov chain: the data, test set, loss and floors that
+    ``markov`` and ``graph-walk`` share (the module docstring's "The data"). A subclass builds its chain in
+    ``__init__`` (setting ``self._test = None``) and provides :meth:`sample` (device), :meth:`log_prob` (host,
+    float64), :meth:`entropy_rate`, ``vocab``, :meth:`model_io`, and ``SEED_KEY``: its key that seeds the chain
+    and the test set. Config keys ``context`` (tokens seen per sequence) and the TaskConfig ones are assumed."""
+    FAMILIES = ("transformer",)
+    LOSS_UNIT = "nats"
+    SEED_KEY = "chain_seed"
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """n stationary sequences, (n, context + 1) int32; jit/vmap-safe."""
+        raise NotImplementedError
+
+    def log_prob(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """ln P(y | x) elementwise (host, float64) for token arrays of one shape."""
+        raise NotImplementedError
+
+    def entropy_rate(self) -> float:
+        """sum_i pi_i H(P_i) in nats per token: the irreducible (Bayes-optimal) test loss."""
+        raise NotImplementedError
+
+    @property
+    def context(self) -> int:
+        """Tokens a model sees per sequence T (each sequence has T + 1 tokens)."""
+        return int(self.cfg.context)
+
+    @classmethod
+    def tokens_per_example(cls, keys: TaskConfig) -> int:
+        return keys.context
+
+    def init_input(self, dtype) -> jax.Array:
+        """An input for model init: int32 zeros (1, context); ``dtype`` is accepted for interface compatibility."""
+        return jnp.zeros((1, self.context), jnp.int32)
+
+    def train_batch(self, data_key: jax.Array, step: jax.Array, m: dict, dtype) -> tuple[jax.Array, jax.Array]:
+        """The training batch of ``step``: (x, y), each (batch_size, context) int32, y = x shifted by one token."""
+        seq = self.sample(jax.random.fold_in(data_key, step), self.cfg.batch_size)
+        return seq[:, :-1], seq[:, 1:]
+
+    def examples(self, keys: jax.Array, m: dict, dtype) -> tuple[jax.Array, jax.Array]:
+        """One sequence per key (fixed training sets): (x, y), each (B, context) int32."""
+        seq = jax.vmap(lambda k: self.sample(k, 1)[0])(keys)
+        return seq[:, :-1], seq[:, 1:]
+
+    def test_set(self, dtype) -> tuple[jax.Array, jax.Array]:
+        """The fixed test sequences: (x, y), each (test_size, context) int32, from a key of the task's seed alone
+        (``SEED_KEY``: markov's chain_seed, graph-walk's graph_seed).
+
+        Drawn once (eagerly, even when called while tracing) and kept on the host; later calls reuse them.
+        """
+        if self._test is None:
+            with jax.ensure_compile_time_eval():
+                key = jax.random.fold_in(jax.random.key(getattr(self.cfg, self.SEED_KEY)), TEST_FOLD)
+                seq = np.asarray(self.sample(key, self.cfg.test_size))
+            self._test = seq
+        seq = jnp.asarray(self._test)
+        return seq[:, :-1], seq[:, 1:]
+
+    def test_bayes_loss(self) -> float:
+        """The true chain's loss on the fixed test set, in nats per token (float64): the mean over every
+        (sequence, position) of ``test_set`` of -ln P[x_t, x_{t+1}] (:meth:`log_prob`), each position weighted
+        equally as ``loss`` (and the engine's equal-sized test chunks) weight them.
+
+        This is the reference for the excess of the test loss the engine reports (a trained model gets
+        below it only by rounding, or by chance when its excess is below the test set's sampling noise);
+        it differs from ``entropy_rate()`` by the test set's sampling offset. Sampled transitions always
+        have P > 0, so it is finite.
+        """
+        x, y = (np.asarray(a) for a in self.test_set(jnp.float32))
+        return float(-np.mean(self.log_prob(x, y)))
+
+    def floors(self) -> dict[str, float]:
+        return {"irreducible_loss": self.entropy_rate(), "test_bayes_loss": self.test_bayes_loss()}
+
+    def losses(self, outputs: jax.Array, y: jax.Array, m: dict) -> jax.Array:
+        """Cross-entropy in nats per sequence, the mean over its context positions; ``outputs`` (B, T, V) logits."""
+        return cross_entropy(outputs, y)
 
 
 @dataclass
@@ -109,15 +198,13 @@ class Keys(TaskConfig):
     temperature: float = 1.0         # rows are softmax(N(0, 1) / temperature): small = near-deterministic
 
 
-class Markov(Task):
+class Markov(ChainTask):
     """Next-token prediction on sequences of a random Markov chain over V tokens (see the module docstring)."""
     Keys = Keys
-    FAMILIES = ("transformer",)
     MINIMUM = {"task.vocab": (2, True), "task.context": (1, True), "task.chain_seed": (0, True),
                "task.sparsity": (0, True), "task.temperature": (0, False)}
     MAXIMUM = {"task.vocab": 4096, "task.context": 2**16}
     BELOW = {"task.sparsity": 1.0}
-    LOSS_UNIT = "nats"
     PREDICTIONS = "probabilities"   # next-token distributions (test_size, context, vocab)
 
     def __init__(self, cfg: Keys):
@@ -161,11 +248,6 @@ class Markov(Task):
         return int(self.cfg.vocab)
 
     @property
-    def context(self) -> int:
-        """Tokens a model sees per sequence T (each sequence has T + 1 tokens)."""
-        return int(self.cfg.context)
-
-    @property
     def kept_per_row(self) -> int:
         """Nonzero entries per row of the transition matrix, k = max(1, round((1 - sparsity) * V))."""
         return self._k
@@ -182,6 +264,11 @@ class Markov(Task):
         """sum_i pi_i H(P_i) in nats per token: the irreducible (Bayes-optimal) test loss."""
         return self._entropy_rate
 
+    def log_prob(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """ln P[x, y] elementwise (host, float64; -inf where P = 0) for token arrays of one shape."""
+        with np.errstate(divide="ignore"):
+            return np.log(self._p[x, y])
+
     # ---- sampling (device) --------------------------------------------------------------------
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """n stationary sequences, (n, context + 1) int32: x_0 ~ pi, x_{t+1} ~ P[x_t]; jit/vmap-safe."""
@@ -191,53 +278,3 @@ class Markov(Task):
     def model_io(cls, keys: TaskConfig) -> dict[str, int]:
         return {"vocab": keys.vocab, "context": keys.context}
 
-    @classmethod
-    def tokens_per_example(cls, keys: TaskConfig) -> int:
-        return keys.context
-
-    def init_input(self, dtype) -> jax.Array:
-        """An input for model init: int32 zeros (1, context); ``dtype`` is accepted for interface compatibility."""
-        return jnp.zeros((1, self.context), jnp.int32)
-
-    def train_batch(self, data_key: jax.Array, step: jax.Array, m: dict, dtype) -> tuple[jax.Array, jax.Array]:
-        """The training batch of ``step``: (x, y), each (batch_size, context) int32, y = x shifted by one token."""
-        seq = self.sample(jax.random.fold_in(data_key, step), self.cfg.batch_size)
-        return seq[:, :-1], seq[:, 1:]
-
-    def examples(self, keys: jax.Array, m: dict, dtype) -> tuple[jax.Array, jax.Array]:
-        """One sequence per key (fixed training sets): (x, y), each (B, context) int32."""
-        seq = jax.vmap(lambda k: self.sample(k, 1)[0])(keys)
-        return seq[:, :-1], seq[:, 1:]
-
-    def test_set(self, dtype) -> tuple[jax.Array, jax.Array]:
-        """The fixed test sequences: (x, y), each (test_size, context) int32, from a key of chain_seed alone.
-
-        Drawn once (eagerly, even when called while tracing) and kept on the host; later calls reuse them.
-        """
-        if self._test is None:
-            with jax.ensure_compile_time_eval():
-                key = jax.random.fold_in(jax.random.key(self.cfg.chain_seed), TEST_FOLD)
-                seq = np.asarray(self.sample(key, self.cfg.test_size))
-            self._test = seq
-        seq = jnp.asarray(self._test)
-        return seq[:, :-1], seq[:, 1:]
-
-    def test_bayes_loss(self) -> float:
-        """The true chain's loss on the fixed test set, in nats per token (float64): the mean over every
-        (sequence, position) of ``test_set`` of -ln P[x_t, x_{t+1}], each position weighted equally as
-        ``loss`` (and the engine's equal-sized test chunks) weight them.
-
-        This is the reference for the excess of the test loss the engine reports (a trained model gets
-        below it only by rounding, or by chance when its excess is below the test set's sampling noise);
-        it differs from ``entropy_rate()`` by the test set's sampling offset. Sampled transitions always
-        have P > 0, so it is finite.
-        """
-        x, y = (np.asarray(a) for a in self.test_set(jnp.float32))
-        return float(-np.mean(np.log(self._p[x, y])))
-
-    def floors(self) -> dict[str, float]:
-        return {"irreducible_loss": self.entropy_rate(), "test_bayes_loss": self.test_bayes_loss()}
-
-    def losses(self, outputs: jax.Array, y: jax.Array, m: dict) -> jax.Array:
-        """Cross-entropy in nats per sequence, the mean over its context positions; ``outputs`` (B, T, V) logits."""
-        return cross_entropy(outputs, y)
