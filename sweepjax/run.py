@@ -336,7 +336,8 @@ def task_floors(grid: Grid) -> dict[str, np.ndarray]:
 
 def analyse(out: Path, ds: xr.Dataset, run_cfg: RunConfig, log: TextIO | None = None,
             warn: TextIO | None = None) -> list[dict]:
-    """Width-scaling fit (saved as ``fit.json``, when the sweep has 3 or more widths), then the task's study
+    """Width-scaling fit (saved as ``fit.json``, when the sweep has 3 or more widths; over an ``lr`` axis, of
+    each size's best lr: :func:`sweepjax.analysis.scaling.at_best_lr`), then the task's study
     step (its ``STUDY`` module's ``analyse(ds, out, run_cfg, width_rows, log, warn)``: numbers and figures).
 
     Returns the fit rows (see :func:`sweepjax.analysis.scaling.width_scaling`); ``log`` receives the
@@ -350,8 +351,8 @@ def analyse(out: Path, ds: xr.Dataset, run_cfg: RunConfig, log: TextIO | None = 
     study = task_class(name).STUDY if name in TASKS else "sweepjax.analysis.lottery"
     rows: list[dict] = []
     if "width" in ds.dims and ds.sizes["width"] >= 3:
-        from sweepjax.analysis.scaling import describe, width_scaling
-        rows = width_scaling(ds, form=run_cfg.fit_form, n_boot=run_cfg.bootstrap, log=warn)
+        from sweepjax.analysis.scaling import at_best_lr, describe, width_scaling
+        rows = width_scaling(at_best_lr(ds), form=run_cfg.fit_form, n_boot=run_cfg.bootstrap, log=warn)
         if log:
             for row in rows:
                 print(describe(row), file=log)

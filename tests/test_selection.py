@@ -65,3 +65,15 @@ def test_width_fit_on_the_best_lr():
 def test_missing_dim_is_refused():
     with pytest.raises(ValueError, match="no dimension 'depth'"):
         best_over(sweep(), "depth")
+
+
+def test_a_runs_width_fit_takes_the_best_lr_of_each_size(tmp_path):
+    """sweepjax.run.analyse fits width on each size's best lr (one row, alpha ~1), not one row per lr (whose
+    slopes are distorted by the lr moving away from each width's best)."""
+    import json
+
+    from sweepjax.config import RunConfig
+    from sweepjax.run import analyse
+    rows = analyse(tmp_path, sweep(), RunConfig(bootstrap=20))
+    assert len(rows) == 1 and "lr" not in rows[0]["slice"] and rows[0]["alpha"] == pytest.approx(1.0, abs=0.03)
+    assert json.loads((tmp_path / "fit.json").read_text())[0]["alpha"] == pytest.approx(rows[0]["alpha"])

@@ -119,12 +119,21 @@ def describe(row: dict) -> str:
             f"widths {w[0]:g}-{w[-1]:g}, form {row['form']}{diverged}{flag}")
 
 
+def at_best_lr(ds: xr.Dataset) -> xr.Dataset:
+    """The sweep at each size's best learning rate (:func:`sweepjax.analysis.selection.best_over`) when it has
+    an ``lr`` axis, else ``ds``: what the width fit of a run and its figure use, as scaling studies fit."""
+    from sweepjax.analysis.selection import best_over
+    return best_over(ds, "lr") if "lr" in ds.dims else ds
+
+
 def plot_scaling(ds: xr.Dataset, rows: list[dict], path: Path) -> Path:
-    """Median final test loss vs width (IQR band over seeds), fitted power law, N^-1 and N^-4 guides.
+    """Median final test loss vs width (IQR band over seeds), fitted power law, N^-1 and N^-4 guides; over
+    an ``lr`` axis, at each width's best lr (:func:`at_best_lr`, as the fit rows).
 
     Diverged seeds count as the worst loss (as in the fit): a median or quartile they make +inf is not drawn.
     """
     from sweepjax.plots import plt, save, width_ticks
+    ds = at_best_lr(ds)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     target, label = fitted_loss(ds)
     for i, row in enumerate(rows):

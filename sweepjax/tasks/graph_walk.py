@@ -299,6 +299,7 @@ class GraphWalk(ChainTask):
     """Next-token prediction on random walks on a graph (see the module docstring)."""
     Keys = Keys
     SEED_KEY = "graph_seed"
+    STUDY = "sweepjax.analysis.language"
     CHOICES = {"task.graph": GRAPHS}
     MINIMUM = {"task.nodes": (2, True), "task.edges": (1, True), "task.graph_seed": (0, True),
                "task.bias": (0, True), "task.context": (1, True)}
