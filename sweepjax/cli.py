@@ -97,9 +97,9 @@ def cmd_qdg(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     """Ensemble loss vs K for every point of a sweep with saved predictions: the table, and a figure."""
     from sweepjax import ensemble, results
-    by = args.by or None
     try:
         ds = results.load(args.dir)
+        by = args.by or None if args.by is not None else next((d for d in ("width", "depth") if d in ds.dims), None)
         ks = [float(k) for k in args.k.split(",")] if args.k else None
         rows = ensemble.ensemble_table(ds, ks, by=by, over=tuple(args.over.split(",")), mode=args.mode,
                                        draws=args.draws)
@@ -203,8 +203,8 @@ def parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_qdg)
     e = sub.add_parser("ensemble", help="loss of ensembles of K members vs K (results with saved predictions)")
     e.add_argument("dir", metavar="RESULTS_DIR")
-    e.add_argument("--by", default="width", help="size dim to compare K members of size N with one of K x N "
-                                                  "parameters ('' for none; default width)")
+    e.add_argument("--by", default=None, help="size dim to compare K members of size N with one of K x N "
+                                               "parameters ('' for none; default: width, else depth, if swept)")
     e.add_argument("--over", default="seed", help="dim(s) whose members are combined, e.g. seed or seed,width "
                                                    "(ensembles across sizes; default seed)")
     e.add_argument("--k", help="ensemble sizes, e.g. 1,2,4,8 (default: powers of two)")

@@ -19,12 +19,15 @@ Two ways to pick K members out of the runs of one point (the ``over`` dims: ``se
 dims pool members across them, e.g. ``("seed", "width")`` for ensembles across sizes):
 
 * ``mode = "random"``: ``draws`` random subsets of K members (without replacement);
-* ``mode = "best"``: the K members with the lowest VALIDATION loss ("tickets"). The test points are split
-  in two alternating halves: members are ranked on the even points (validation) and every ensemble, in
-  both modes, is scored on the odd points, so a best-K ensemble is never chosen on the points that score it.
+* ``mode = "best"``: the K members with the lowest VALIDATION loss ("tickets"): the engine's
+  ``validation_loss``, each member's loss on fresh examples of its own data distribution, independent of
+  the test set. Ensembles in both modes are scored on the whole test set, so K = 1 gives each member's
+  own test loss.
 
-Everything for one point is one jitted computation, vectorised over K and draws (a ``lax.map`` over
-batches of (K, draw) rows bounds its memory).
+Every distinct set of members is scored once (random draws repeat sets when there are few members; the
+best-K set is one), on the device, batched: the mean of outputs is a matrix product; the mean of
+probabilities is a matrix product of probabilities shifted by their maximum over the members, with an
+exact log-sum-exp for the rare set whose chosen members all lie ~87 nats below the best one somewhere.
 """
 from __future__ import annotations
 
@@ -38,15 +41,8 @@ import xarray as xr
 
 MODES = ("random", "best")
 RULES = ("outputs", "probabilities")
-_ROW_BUDGET = 2**24   # floats of one lax.map batch of ensembles
-
-
-def _combine(w: jax.Array, values: jax.Array, log_probs: bool) -> jax.Array:
-    """The ensemble of member weights ``w`` (members,): the weighted mean of outputs, or the log of the
-    weighted mean of probabilities (``values``: log-probabilities)."""
-    if not log_probs:
-        return jnp.tensordot(w, values, 1)
-    return jax.nn.logsumexp(values, axis=0, b=w.reshape((-1,) + (1,) * (values.ndim - 1)))
+_ROW_BUDGET = 2**24   # floats of one batch of ensembles computed at once
+TINY = float(np.finfo(np.float32).tiny)
 
 
 def _point_losses(pred: jax.Array, target: jax.Array, kind: str) -> jax.Array:
@@ -66,33 +62,48 @@ def _score(point_losses: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sum(point_losses * weights) / jnp.sum(weights)
 
 
+def _batch(values: jax.Array) -> int:
+    return max(1, _ROW_BUDGET // max(values[0].size, 1))
+
+
 @partial(jax.jit, static_argnames=("kind",))
 def _member_losses(values: jax.Array, target: jax.Array, weights: jax.Array, kind: str) -> jax.Array:
-    """Each member's own loss (members,) on the given points."""
-    return jax.vmap(lambda v: _score(_point_losses(v, target, kind), weights))(values)
+    """Each member's own loss (members,)."""
+    return jax.lax.map(lambda v: _score(_point_losses(v, target, kind), weights), values, batch_size=_batch(values))
 
 
-@partial(jax.jit, static_argnames=("draws", "best", "kind"))
-def _losses(values: jax.Array, target: jax.Array, weights: jax.Array, ok: jax.Array, val: jax.Array, ks: jax.Array,
-            key: jax.Array, draws: int, best: bool, kind: str) -> jax.Array:
-    """(len(ks), draws) losses of K-member ensembles on the scoring points; NaN where K > finite members."""
-    m = values.shape[0]
-    if best:   # rank by validation loss (diverged members last); one "draw", repeated
-        score = jnp.where(ok, val, jnp.inf)[None, :].repeat(draws, 0)
+@partial(jax.jit, static_argnames=("kind",))
+def _fast_losses(rows: jax.Array, values: jax.Array, target: jax.Array, weights: jax.Array, ok: jax.Array, kind: str):
+    """Losses of the ensembles of member weights ``rows`` (rows, members): the weighted mean of the outputs, or
+    of the probabilities as a matrix product of probabilities shifted by their maximum over the members
+    (log pbar = top + log(w . exp(values - top))). Also returns, per row, whether some needed probability
+    underflowed that way (every chosen member far below the best one): those rows go to :func:`_exact_losses`."""
+    flat = values.reshape(values.shape[0], -1)
+    if kind == "outputs":
+        combine = lambda w: (jnp.dot(w, flat).reshape(values.shape[1:]), False)
     else:
-        score = jnp.where(ok, jax.random.uniform(key, (draws, m)), jnp.inf)
-    rank = jnp.argsort(jnp.argsort(score, axis=1), axis=1)                       # (draws, m)
-    member_w = ((rank[None] < ks[:, None, None]) / ks[:, None, None]).reshape(-1, m)   # (K x draws, m)
-    values = jnp.where(ok.reshape((-1,) + (1,) * (values.ndim - 1)), values, 0.0)
-    one = lambda w: _score(_point_losses(_combine(w, values, kind != "outputs"), target, kind), weights)
-    loss = jax.lax.map(one, member_w, batch_size=max(1, _ROW_BUDGET // max(values.size, 1)))
-    loss = loss.reshape(ks.shape[0], draws)
-    return jnp.where(ks[:, None] <= jnp.sum(ok), loss, jnp.nan)
+        top = jnp.max(jnp.where(ok[:, None], flat, -jnp.inf), axis=0)
+        shifted = jnp.exp(flat - top)
+        need = jnp.ones_like(top, bool) if kind == "labels" else (target > 0).reshape(-1)
+
+        def combine(w):
+            s = jnp.dot(w, shifted)
+            return (top + jnp.log(s)).reshape(values.shape[1:]), jnp.any(need & (s < TINY))
+    one = lambda w: (lambda c: (_score(_point_losses(c[0], target, kind), weights), c[1]))(combine(w))
+    return jax.lax.map(one, rows, batch_size=_batch(values))
+
+
+@partial(jax.jit, static_argnames=("kind",))
+def _exact_losses(rows: jax.Array, values: jax.Array, target: jax.Array, weights: jax.Array, kind: str) -> jax.Array:
+    """:func:`_fast_losses` for log-probabilities by a log-sum-exp over the members (no underflow; slower)."""
+    b = lambda w: w.reshape((-1,) + (1,) * (values.ndim - 1))
+    one = lambda w: _score(_point_losses(jax.nn.logsumexp(values, axis=0, b=b(w)), target, kind), weights)
+    return jax.lax.map(one, rows, batch_size=_batch(values))
 
 
 class _Members:
     """The members of one point, ready to score: ``values`` (members, points, ...), the ``target`` and the
-    points' ``weights``, ``kind`` (see :func:`_point_losses`) and the unit scale."""
+    points' ``weights``, ``kind`` (see :func:`_point_losses`), the unit scale and which members are finite."""
 
     def __init__(self, pred, target, rule: str, weights=None, unit: str | None = None):
         if rule not in RULES:
@@ -101,10 +112,9 @@ class _Members:
         target = np.asarray(target)
         labels = rule == "probabilities" and target.dtype.kind in "iu"
         want = pred.shape[1:-1] if labels else pred.shape[1:]
-        if pred.ndim < 2 + (rule == "probabilities") or target.shape != want or pred.shape[1] < 2:
+        if pred.ndim < 2 + (rule == "probabilities") or target.shape != want or pred.shape[1] < 1:
             raise ValueError(f"predictions {pred.shape} and target {target.shape}: need (members, points, ...) and "
-                             f"a target shaped like one member's " + ("labels (no class axis)" if labels else "predictions")
-                             + ", points >= 2")
+                             f"a target shaped like one member's " + ("labels (no class axis)" if labels else "predictions"))
         m = pred.shape[0]
         self.ok = np.all(np.isfinite(pred.reshape(m, -1)), axis=1)
         if labels:
@@ -112,50 +122,85 @@ class _Members:
                 raise ValueError(f"labels outside 0..{pred.shape[-1] - 1}")
             pred = np.take_along_axis(pred, target[None, ..., None].astype(np.int64), axis=-1)[..., 0]
             target = np.zeros(target.shape, np.float32)   # unused
-        self.values, self.target = pred, target.astype(np.float32)
+        self.values = np.where(self.ok.reshape((-1,) + (1,) * (pred.ndim - 1)), pred, 0.0).astype(np.float32)
+        self.target = target.astype(np.float32)
         self.kind = "outputs" if rule == "outputs" else "labels" if labels else "distributions"
         w = np.ones(pred.shape[1]) if weights is None else np.asarray(weights, np.float64)
-        if w.shape != (pred.shape[1],) or not np.all(w >= 0) or w[0::2].sum() <= 0 or w[1::2].sum() <= 0:
-            raise ValueError(f"weights {w.shape}: one weight >= 0 per point, some positive on both halves")
+        if w.shape != (pred.shape[1],) or not np.all(w >= 0) or w.sum() <= 0:
+            raise ValueError(f"weights {w.shape}: one weight >= 0 per point, some positive")
         self.weights = w.astype(np.float32)
         self.scale = 1 / math.log(2) if unit == "bits" else 1.0
 
-    def half(self, start: int) -> tuple:
-        """(values, target, weights) on the even (0, validation) or odd (1, scoring) points, as device arrays."""
-        return (jnp.asarray(self.values[:, start::2]), jnp.asarray(self.target[start::2]),
-                jnp.asarray(self.weights[start::2]))
+    def device(self) -> tuple:
+        return jnp.asarray(self.values), jnp.asarray(self.target), jnp.asarray(self.weights)
 
-    def member_losses(self, start: int) -> np.ndarray:
-        """Each member's own loss on one half (NaN for diverged members)."""
-        with np.errstate(invalid="ignore"):
-            losses = np.asarray(_member_losses(*self.half(start), self.kind), np.float64) * self.scale
+    def member_losses(self) -> np.ndarray:
+        """Each member's own loss (NaN for diverged members)."""
+        losses = np.asarray(_member_losses(*self.device(), self.kind), np.float64) * self.scale
         return np.where(self.ok, losses, np.nan)
+
+    def losses(self, rows: np.ndarray) -> np.ndarray:
+        """Losses of the ensembles with member weights ``rows`` (rows, members), exact (see :func:`_fast_losses`)."""
+        values, target, weights = self.device()
+        loss, low = (np.asarray(a) for a in _fast_losses(jnp.asarray(rows, jnp.float32), values, target, weights,
+                                                          jnp.asarray(self.ok), self.kind))
+        loss = loss.astype(np.float64)
+        if low.any():
+            redo = np.flatnonzero(low)
+            loss[redo] = np.asarray(_exact_losses(jnp.asarray(rows[redo], jnp.float32), values, target, weights,
+                                                  self.kind))
+        return loss * self.scale
+
+
+def _subsets(ok: np.ndarray, ks: list[int], draws: int, mode: str, seed: int, validation) -> tuple:
+    """The members of every ensemble: (rows, index) with ``rows`` the distinct member sets as weights 1/K
+    (n, members) and ``index`` (len(ks), draws) the row of each (K, draw), -1 where K > finite members.
+    Random: ``draws`` uniformly random K-subsets of the finite members; best: the K lowest ``validation``
+    losses (NaN last), the same set in every draw. Each distinct set is computed once."""
+    m = len(ok)
+    if mode == "best":
+        score = np.where(ok, np.nan_to_num(np.asarray(validation, np.float64), nan=np.inf), np.inf)[None]
+        score = np.where(np.isinf(score) & ok[None], np.finfo(np.float64).max, score)   # NaN validation: last of the finite
+    else:
+        score = np.where(ok[None], np.random.default_rng(seed).random((draws, m)), np.inf)
+    rank = np.argsort(np.argsort(score, axis=1, kind="stable"), axis=1)
+    rows, index = [], np.full((len(ks), draws), -1)
+    for i, k in enumerate(ks):
+        if k > ok.sum():
+            continue
+        chosen, inverse = np.unique(rank < k, axis=0, return_inverse=True)
+        index[i] = len(rows) + np.broadcast_to(inverse.reshape(-1), (draws,))
+        rows += list(chosen / k)
+    return np.asarray(rows, np.float32).reshape(-1, m), index
 
 
 def ensemble_losses(pred: np.ndarray, target: np.ndarray, ks, draws: int = 100, mode: str = "random",
-                    seed: int = 0, rule: str = "outputs", weights=None, unit: str | None = None) -> np.ndarray:
-    """Losses of K-member ensembles of the members ``pred`` against ``target``: (len(ks), draws), scored on
-    the odd points (see the module docstring); rows with K larger than the number of finite members are NaN.
-    ``mode = "best"`` repeats its one ensemble in every draw.
+                    seed: int = 0, rule: str = "outputs", weights=None, unit: str | None = None,
+                    validation=None) -> np.ndarray:
+    """Losses of K-member ensembles of the members ``pred`` against ``target`` on every test point:
+    (len(ks), draws); rows with K larger than the number of finite members are NaN.
 
     ``rule = "outputs"``: ``pred`` (members, points[, outputs]) and ``target`` (points[, outputs]);
     ``rule = "probabilities"``: ``pred`` (members, points, ..., classes) log-probabilities and ``target``
     integer labels (points, ...) or distributions (points, ..., classes); ``weights`` (points,) weigh the
-    points (default equal), ``unit = "bits"`` reports cross-entropies in bits."""
-    return _ensembles(_Members(pred, target, rule, weights, unit), ks, draws, mode, seed)
+    points (default equal), ``unit = "bits"`` reports cross-entropies in bits. ``mode = "best"`` takes the K
+    members with the lowest ``validation`` losses (members,): losses on data other than the test set (the
+    engine's ``validation_loss``), and repeats its one ensemble in every draw."""
+    return _ensembles(_Members(pred, target, rule, weights, unit), ks, draws, mode, seed, validation)
 
 
-def _ensembles(members: _Members, ks, draws: int, mode: str, seed: int) -> np.ndarray:
+def _ensembles(members: _Members, ks, draws: int, mode: str, seed: int, validation) -> np.ndarray:
     if mode not in MODES:
         raise ValueError(f"mode = {mode!r}: one of {', '.join(MODES)}")
-    ks = np.asarray(_check_ks(list(ks), len(members.values)), np.int32)
+    ks = _check_ks(list(ks), len(members.values))
     if draws < 1:
         raise ValueError(f"draws = {draws}: at least one draw per K")
-    val = np.nan_to_num(members.member_losses(0), nan=np.finfo(np.float32).max, posinf=np.finfo(np.float32).max)
-    with np.errstate(over="ignore"):
-        out = _losses(*members.half(1), jnp.asarray(members.ok), jnp.asarray(val, np.float32), jnp.asarray(ks),
-                      jax.random.key(seed), draws, mode == "best", members.kind)
-    return np.asarray(out, np.float64) * members.scale
+    if mode == "best" and (validation is None or np.shape(validation) != (len(members.values),)):
+        raise ValueError("mode = 'best' ranks members by their validation losses (one per member, data other than "
+                         "the test set: the results' validation_loss); none were given")
+    rows, index = _subsets(members.ok, ks, draws, mode, seed, validation)
+    losses = members.losses(rows) if len(rows) else np.empty(0)
+    return np.where(index >= 0, losses[np.maximum(index, 0)] if len(rows) else np.nan, np.nan)
 
 
 def _check_ks(ks, n: int) -> list[int]:
@@ -193,18 +238,19 @@ def ensemble_table(ds: xr.Dataset, ks=None, by: str | None = "width", over: str 
     ``("seed", "width")``: ensembles across sizes); ``by``: a size dim (``width``, ``depth`` ...: stored
     ``n_params`` must change along it) against which each ensemble of K members of size N is compared with
     one member with K times N's parameters (the size whose ``n_params`` is nearest, within 25%;
-    ``matched_loss`` is its median member loss on the same points, also in best-K mode). ``ks``: ensemble
+    ``matched_loss`` is its median member test loss, also in best-K mode). ``ks``: ensemble
     sizes (default powers of two up to the number of members, and that number). Each row: the point's
     coordinates, ``K``, ``members`` (finite), ``diverged``, ``median``/``q25``/``q75`` over the draws (K = 1
     in random mode: exactly over the members; the one best-K ensemble: all three equal), ``single`` (median
-    member loss on the same points), and with ``by``: ``n_params`` (K x N's; pooled sizes: the largest),
-    ``matched`` (the size used) and ``matched_loss``. Members combine by the rule their task saved (see the
-    module docstring); computed in float32.
+    member test loss), and with ``by`` (one ``over`` dim): ``n_params`` (K x N's),
+    ``matched`` (the size used) and ``matched_loss``; scored on the whole test set, best-K chosen by
+    ``validation_loss``. Members combine by the rule their task saved (see the module docstring); computed
+    in float32.
     """
     if "predictions" not in ds or "test_target" not in ds:
         raise ValueError("these results hold no predictions: run the sweep with eval.save_predictions = true")
     pred = ds["predictions"]
-    rule = pred.attrs.get("combine", "outputs")
+    rule = pred.attrs.get("combine", "probabilities" if "class" in pred.dims else "outputs")
     rest = [d for d in ("x", "position", "output", "class") if d in pred.dims]
     over = [over] if isinstance(over, str) else list(over)
     other = [d for d in pred.dims if d not in over + rest]
@@ -212,9 +258,19 @@ def ensemble_table(ds: xr.Dataset, ks=None, by: str | None = "width", over: str 
         raise ValueError(f"over = {over}: distinct sweep dims of the predictions (dims: {[d for d in pred.dims if d not in rest]})")
     if by is not None and by not in other:
         raise ValueError(f"by = {by!r} must be a sweep dim other than over = {over} (dims: {other})")
+    if by is not None and len(over) > 1:
+        raise ValueError(f"by = {by!r} with several over dims {over}: a pool of members of different sizes has no "
+                         f"single size to match; use by = None")
     if draws < 1:
         raise ValueError(f"draws = {draws}: at least one draw per K")
+    if mode == "best" and "validation_loss" not in ds:
+        raise ValueError("mode = 'best' ranks members by validation_loss, which these results do not hold (made "
+                         "before it was kept): rerun the sweep, or use mode = 'random'")
     pred = pred.stack(_member=over) if len(over) > 1 else pred.rename({over[0]: "_member"})
+    val = None
+    if "validation_loss" in ds:
+        val = ds["validation_loss"].broadcast_like(ds["predictions"].isel({d: 0 for d in rest}, drop=True))
+        val = val.stack(_member=over) if len(over) > 1 else val.rename({over[0]: "_member"})
     n = pred.sizes["_member"]
     ks = _check_ks(ks, n)
     unit = ds["test_loss"].attrs.get("units") if "test_loss" in ds else None
@@ -232,8 +288,9 @@ def ensemble_table(ds: xr.Dataset, ks=None, by: str | None = "width", over: str 
         target = _shared_along(ds["test_target"], sel, over, rest, "test target")
         weights = _shared_along(ds["test_weight"], sel, over, rest, "test weight") if "test_weight" in ds else None
         members = _Members(p, target, rule, weights, unit)
-        losses = _ensembles(members, ks, draws, mode, seed)
-        per_member = members.member_losses(1)[members.ok]
+        v = val.isel(dict(zip(other, index))).values if val is not None else None
+        losses = _ensembles(members, ks, draws, mode, seed, v)
+        per_member = members.member_losses()[members.ok]
         singles[index] = float(np.median(per_member)) if per_member.size else np.nan
         for k, row in zip(ks, losses):
             if k == 1 and mode == "random":   # every member once: the exact distribution over single members
@@ -302,7 +359,7 @@ def plot_table(rows: list[dict], path, by: str | None = "width"):
             ax.plot(*zip(*ones), "k--", lw=1.2, label="one member (median)")
         name = ", ".join(f"{k}={v}" for k, v in panel)
         ax.set(xscale="log", yscale="log", xlabel="parameters of the K members together" if counted else "K",
-               ylabel="loss on the scoring points",
+               ylabel="test loss",
                title=f"Mean of K = 1, 2, 4.. members ({rows[0]['mode']} K)" + (f"\n{name}" if name else ""))
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.legend(fontsize=6, ncol=2)

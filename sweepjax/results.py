@@ -155,6 +155,7 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
                 own = out_dims[: v.ndim - len(dims)] if name == "test_target" else ["x"]
                 data[name] = _without_constant_dims(v, dims, own)
         data["predictions"] = (dims + out_dims, pred)
+        data["validation_loss"] = (dims, _scatter(grid, outputs, lambda o: o.predictions["validation_loss"], np.nan))
     if cfg.eval.save_params:
         for name in outputs[0].params:
             shape = tuple(np.max([o.params[name].shape[1:] for o in outputs], axis=0))
@@ -175,6 +176,10 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
         ds["converged_step"].attrs["description"] = ("L-BFGS: step at which the member was frozen because even a "
                                                      "restarted line search found no decrease (-1: never)")
     if combine:
+        ds["validation_loss"].attrs["description"] = (
+            "final loss on test_size fresh examples of the member's own data distribution, independent of the "
+            "test set (ensembles choose their best K members on it); NaN if diverged")
+        ds["validation_loss"].attrs["units"] = task.loss_unit(cfg.task)
         ds["predictions"].attrs["combine"] = combine
         ds["predictions"].attrs["description"] = (
             "each member's final outputs on the test set (ensembles average them)" if combine == "outputs" else

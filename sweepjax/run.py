@@ -290,6 +290,7 @@ def saved_test_set(cfg: Config, grid: Grid) -> tuple:
 
     from sweepjax.engine.train import precision
     from sweepjax.tasks import make_task
+    from sweepjax.tasks import task_class
     squeeze = lambda a: a[:, 0] if a.ndim == 2 and a.shape[1] == 1 else a
     sets: dict[str, tuple] = {}
     for g in grid.groups:
@@ -301,6 +302,8 @@ def saved_test_set(cfg: Config, grid: Grid) -> tuple:
     (x, y), *rest = sets.values()
     same_x = all(np.array_equal(x, other[0]) for other in rest)
     coord = squeeze(x) if same_x and x.ndim == 2 and x.shape[1] == 1 else np.arange(len(x))   # inputs, or index
+    if task_class(cfg.task.name).predictions(cfg.task) == "probabilities":
+        return coord, None, False   # the engine keeps each member's target with its probabilities
     if same_x and all(np.array_equal(y, other[1]) for other in rest):
         return coord, y, False
     if any(other[1].shape != y.shape for other in rest):

@@ -34,12 +34,13 @@ def test_ensembles_notebook_trains_and_explores(tmp_path):
 
 
 def test_ensembles_notebook_on_depth_study_results(tmp_path):
+    """Another study's dims (depth, no width) and members that combine by probabilities (KL students: a class dim)."""
     from sweepjax.run import run
     out = tmp_path / "depth"
-    run({"task": {"name": "teacher", "target": "mse", "teacher_depth": 4, "teacher_width": 8, "teacher_hidden": 16,
-                  "batch_size": 32, "test_size": 64, "data_seed": 0},
+    run({"task": {"name": "teacher", "target": "kl", "n_classes": 5, "teacher_depth": 4, "teacher_width": 8,
+                  "teacher_hidden": 16, "batch_size": 32, "test_size": 64, "data_seed": 0},
          "model": {"residual": True, "width": 8, "mlp_ratio": 2, "activation": "relu2", "norm": "rmsnorm",
-                   "input": "none", "head": "none", "zero_init": ["proj"]},
+                   "input": "none", "zero_init": ["proj"]},
          "train": {"steps": 20, "chunk_steps": 20}, "eval": {"points": 2, "save_predictions": True},
          "run": {"figures": False, "bootstrap": 0},
          "sweep": {"model.depth": [1, 2, 4], "seed": [0, 1, 2, 3]}}, out=out, progress=False)

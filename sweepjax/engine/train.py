@@ -287,10 +287,26 @@ class GroupProgram:
     def _predict_member(self, params, m):
         x, y = self.task.test_set(self.dtype)
         out = self._apply(params, x, m)
+        kept = {"validation_loss": self._validation_loss(params, m)}
         if self.task.predictions(self.cfg.task) == "probabilities":
             log_probs, target = self.task.distributions(out, y, m["task"])
-            return {"predictions": log_probs, "test_target": target, "test_weight": self.task.test_weights(m["task"])}
-        return {"predictions": out[:, 0] if out.shape[-1] == 1 else out}
+            return {**kept, "predictions": log_probs, "test_target": target,
+                    "test_weight": self.task.test_weights(m["task"])}
+        return {**kept, "predictions": out[:, 0] if out.shape[-1] == 1 else out}
+
+    def _validation_loss(self, params, m):
+        """Mean loss on ``test_size`` fresh examples of the member's own data distribution, drawn from its data
+        key at a fold no training step, training set or test set uses (``dataset.VALIDATION_FOLD``):
+        independent of the test set, for choosing members (best-K ensembles) without looking at it."""
+        n, b = self.cfg.task.test_size, self.cfg.task.batch_size
+        c = b if n > b and n % b == 0 else n
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(m["data_seed"]), dataset.VALIDATION_FOLD), n)
+
+        def chunk_losses(k):
+            x, y = self.task.examples(k, m["task"], self.dtype)
+            return self.task.losses(self._apply(params, x, m), y, m["task"])
+
+        return jnp.mean(jax.lax.map(chunk_losses, keys.reshape(n // c, c))).astype(self.dtype)
 
     # ---- the member axis --------------------------------------------------------------------
     def _run_chunk(self, state: dict, members: dict, seeds: jax.Array, evals: jax.Array, start: jax.Array,
@@ -447,7 +463,8 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
             failed = lambda a: np.where(host["diverged"].reshape((-1,) + (1,) * (a.ndim - 1)), np.nan, a)
             if cfg.eval.save_predictions:
                 kept = {k: v[: len(idx)] for k, v in program.predict(state["params"], members).items()}
-                host.update({f"predict/{k}": failed(v) if k == "predictions" else v for k, v in kept.items()})
+                host.update({f"predict/{k}": failed(v) if k in ("predictions", "validation_loss") else v
+                             for k, v in kept.items()})
             if cfg.eval.save_params:
                 host.update({k: failed(v) for k, v in host_params(state["params"], len(idx), prefix="params/").items()})
             if store:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 # fold_in indices beyond any training step (steps <= 1e9 < these), so no stream meets another.
 DATASET_FOLD = 2**31 - 2   # sample keys of the fixed training set
 SHUFFLE_FOLD = 2**31 - 3   # per-epoch permutation keys
+VALIDATION_FOLD = 2**31 - 4   # keys of the validation sample (sweepjax.engine.train: ensembles choose members on it)
 ROUNDS = 4
 
 

@@ -126,6 +126,10 @@ class Teacher(Task):
         if frozen_head and axis(cfg, "model.head") != ["none"]:
             raise ConfigError(f"task.student_head = 'teacher' with model.head = {cfg.model.head!r}: the teacher's "
                               f"frozen head reads the student's final normed state; set model.head = 'none'")
+        if cfg.eval.save_predictions and len(axis(cfg, "task.target")) > 1:
+            raise ConfigError("eval.save_predictions with sweep.task.target over both targets: MSE students keep "
+                              "outputs and KL students probabilities, which share no results variable; run each "
+                              "target as its own sweep")
         if len(axis(cfg, "task.student_head")) > 1:
             raise ConfigError("sweep.task.student_head: 'own' and 'teacher' need different model heads; run one sweep each")
 
