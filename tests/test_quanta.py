@@ -204,3 +204,16 @@ def test_spearman_sees_a_rare_subtask_learned_before_frequent_ones():
     ds["subtask_loss"].loc[widest] = sub
     gap = q.convergence_steps(ds)[0]
     assert ordered > 0.99 and gap["spearman"] < 0.9 * ordered, (ordered, gap["spearman"])
+
+
+def test_figures_survive_a_widest_width_that_diverged(tmp_path):
+    """Review: with every seed of the widest width diverged the S fit has no points and plot_laws raised
+    'Data cannot be log-scaled' after the run; now its panel says so and the other figures are made."""
+    ds = subtask_results()
+    ds["diverged"].loc[dict(width=ds.width.values.max())] = True
+    for v in ("subtask_loss", "test_loss", "final_test_loss", "best_test_loss"):
+        if v in ds:
+            ds[v].loc[dict(width=ds.width.values.max())] = np.nan
+    summary = q.summarize(ds, n_boot=0, log=None)
+    paths = q.make_figures(ds, tmp_path, summary)
+    assert paths and all(p.stat().st_size > 5_000 for p in paths)

@@ -203,6 +203,10 @@ def gradient_affinity(grads: np.ndarray) -> np.ndarray:
     return 1.0 - np.arccos(c) / np.pi
 
 
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
 def spectral_clusters(affinity: np.ndarray, k: int, n_init: int = 30, seed: int = 0) -> np.ndarray:
     """Cluster labels (n,) from a precomputed affinity by spectral clustering (``n_init`` k-means inits)."""
     from sklearn.cluster import SpectralClustering
@@ -325,9 +329,11 @@ def qdg(ds: xr.Dataset, member: dict | None = None, n_samples: int = 2000, clust
     k = int(clusters) if clusters is not None else int(len(np.unique(sub_kept)))
     labels = spectral_clusters(gradient_affinity(grads), k, n_init=n_init, seed=seed)
     sizes, slope = rank_frequency(labels)
-    ari = float(adjusted_rand_score(sub_kept, labels))
+    several = len(np.unique(sub_kept)) > 1   # with one subtask kept the ARI is 1 whatever the clusters: undefined
+    ari = float(adjusted_rand_score(sub_kept, labels)) if several else float("nan")
     rng = np.random.default_rng(seed)   # chance level: the same clusters against shuffled subtask ids
-    null = np.array([adjusted_rand_score(rng.permutation(sub_kept), labels) for _ in range(NULL_DRAWS)])
+    null = np.array([adjusted_rand_score(rng.permutation(sub_kept), labels) if several else np.nan
+                     for _ in range(NULL_DRAWS)])
     cont = np.zeros((k, n_tasks), np.int64)
     np.add.at(cont, (labels, sub_kept), 1)
     return QDGResult(
@@ -335,7 +341,7 @@ def qdg(ds: xr.Dataset, member: dict | None = None, n_samples: int = 2000, clust
         cluster_sizes=sizes, slope=slope, ari=ari, labels=labels, subtasks=sub_kept, losses=losses[keep],
         contingency=cont, subtask_kept=np.bincount(sub_kept, minlength=n_tasks),
         subtask_drawn=np.bincount(subtask, minlength=n_tasks),
-        extra={"ari_null_mean": float(null.mean()), "ari_null_sd": float(null.std()), "ari_null_draws": NULL_DRAWS,
+        extra={"ari_null_mean": _finite(null.mean()), "ari_null_sd": _finite(null.std()), "ari_null_draws": NULL_DRAWS,
                "n_params": int(grads.shape[1]), "zero_gradients_dropped": int(np.count_nonzero(~nonzero)),
                "seed": int(seed), "align_labels": bool(align_labels)})
 
@@ -378,7 +384,8 @@ def run_qdg_cli(results_dir: str | Path, member: dict | None = None, clusters: i
     res.to_json(out_json)
     plot_rank_frequency(res, plot_path)
     print(f"qdg {res.member}: {res.n_kept}/{res.n_drawn} samples kept, {res.clusters} clusters, "
-          f"ARI {res.ari:.3f} (chance {res.extra['ari_null_mean']:.3f} +- {res.extra['ari_null_sd']:.3f}), "
+          + (f"ARI {res.ari:.3f} (chance {res.extra['ari_null_mean']:.3f} +- {res.extra['ari_null_sd']:.3f}), "
+             if np.isfinite(res.ari) else "ARI undefined (one subtask among the kept samples), ") +
           f"rank-frequency slope {res.slope:.2f}; wrote {out_json} and {plot_path}")
     return res
 

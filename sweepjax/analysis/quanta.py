@@ -455,10 +455,15 @@ def plot_laws(rows: list[dict], path: Path) -> Path:
     kinds = [k for k in KINDS if any(r.get("kind") == k for r in rows)]
     fig, axes = plt.subplots(1, max(len(kinds), 1), figsize=(4.5 * max(len(kinds), 1), 4), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
+        drawn = False
         for i, r in enumerate(r for r in rows if r.get("kind") == kind):
             color = f"C{i % 10}"
             name = slice_name(r["slice"])
-            ax.plot(r["sizes"], r["median_loss"], "o", ms=3, color=color, label=name)
+            pts = [(x, y) for x, y in zip(r["sizes"], r["median_loss"]) if y is not None and np.isfinite(y) and y > 0]
+            if not pts:   # e.g. every seed of the widest width diverged: nothing to draw for S
+                continue
+            drawn = True
+            ax.plot(*zip(*pts), "o", ms=3, color=color, label=name)
             if r["alpha"] is not None:
                 x = np.geomspace(r["sizes"][0], r["sizes"][-1], 50)
                 p = r["params"]
@@ -466,8 +471,11 @@ def plot_laws(rows: list[dict], path: Path) -> Path:
                         label=f"alpha = {r['alpha']:.2f}" + (f" (theory {r['theory']:.2f})" if r["theory"] is not None
                                                              else ""))
         first = next(r for r in rows if r.get("kind") == kind)
-        ax.set(xscale="log", yscale="log", xlabel=first["x"], ylabel=f"{first['loss']} (median over seeds)",
-               title=f"{kind}-scaling")
+        ax.set(xlabel=first["x"], ylabel=f"{first['loss']} (median over seeds)", title=f"{kind}-scaling")
+        if not drawn:
+            ax.text(0.5, 0.5, "no finite losses", ha="center", transform=ax.transAxes)
+            continue
+        ax.set(xscale="log", yscale="log")
         ax.legend(fontsize=6)
     return save(fig, path)
 
