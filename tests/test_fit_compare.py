@@ -56,6 +56,18 @@ def test_approach3_closed_form_matches_numeric_and_respects_the_budget():
         assert np.all(res.predict({"N": n2, "D": tokens_for(n2, budgets, flops)}) > f["loss"])
 
 
+def test_approach3_refuses_a_law_that_does_not_fall_in_both_variables():
+    """Review of the graph-walk run: a 2-D fit with a negative exponent gave complex N_opt (a negative float
+    to a fractional power) and crashed the study's JSON; now refused with the parameters named."""
+    import dataclasses
+    n, d = (g.ravel() for g in np.meshgrid(np.geomspace(1e7, 1e9, 4), np.geomspace(1e9, 1e11, 4)))
+    res = fit({"N": n, "D": d}, _law(n, d), "joint_nd",
+              starts={"a": [6.0], "b": [6.0], "e": [0.5], "alpha": [0.3], "beta": [0.3]})
+    bad = dataclasses.replace(res, params={**res.params, "alpha": -0.2})
+    with pytest.raises(FitInputError, match="non-positive"):
+        from_joint_fit(bad, np.geomspace(1e19, 1e23, 5))
+
+
 def test_approach2_isoflop_parabolas():
     compute, sizes = [], []
     for c in np.geomspace(1e18, 1e21, 6):

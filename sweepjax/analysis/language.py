@@ -821,6 +821,11 @@ def compute_frontier(data: xr.Dataset | Prepared, joint: list[dict] | None = Non
             for j in (r for r in joint if r["slice"] == sd.sel and r.get("_result") is not None):
                 p = j["_result"].params
                 n_range = (float(N.min()), float(N.max()))
+                if not all(p[k] > 0 for k in ("A", "alpha", "B", "beta")):
+                    row["joint_fit"][j["floor"]] = {"a": None, "b": None, "a_ci": None, "note": (
+                        "no frontier: the 2-D fit does not fall in both N and D (" +
+                        ", ".join(f"{k} = {p[k]:.3g}" for k in ("A", "alpha", "B", "beta")) + ")")}
+                    continue
                 entry = {**_joint_frontier(j["_result"], budgets, per_token, n_range),
                          "expected_a": p["beta"] / (p["alpha"] + p["beta"]), "a_ci": None}
                 boot = j.get("_boot")

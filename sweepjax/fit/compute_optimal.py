@@ -173,6 +173,9 @@ def from_joint_fit(result: FitResult, compute: np.ndarray, *, flops: Flops | Non
     if not np.all(np.isfinite(C) & (C > 0)):
         raise FitInputError("from_joint_fit: compute budgets must be positive and finite")
     p = result.params
+    bad = {k: p[k] for k in ("A", "alpha", "B", "beta") if k in p and not p[k] > 0}
+    if bad:   # a law that does not fall in both N and D has no compute-optimal trade-off
+        raise FitInputError(f"from_joint_fit: the fitted law has non-positive {bad}: no compute-optimal frontier")
     if result.form == "joint_nd" and flops is None:
         al, be = p["alpha"], p["beta"]
         G = (al * p["A"] / (be * p["B"])) ** (1 / (al + be))
