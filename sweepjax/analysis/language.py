@@ -1113,6 +1113,8 @@ def plot_frontier(summary: dict, count: str, path: Path) -> Path:
             bx.plot(_arr(fr["compute"])[ok], _arr(fr["n_opt"])[ok], "s", color="C1", ms=4,
                     label=f"IsoFLOP (approach 2): a = {_f(iso['a'])}")
         for i, (floor, j) in enumerate(r["joint_fit"].items()):
+            if not j.get("frontier"):   # the 2-D law does not fall in both N and D: no frontier to draw
+                continue
             fr = j["frontier"]
             c3, n3 = _arr(fr["compute"]), _arr(fr["n_opt"])
             style = "-" if floor == "fixed" else ":"
