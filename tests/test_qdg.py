@@ -125,6 +125,10 @@ def test_qdg_finds_the_learned_subtasks(trained, tmp_path):
     assert np.asarray(s["contingency"]).sum() == res.n_kept
     shuffled = adjusted_rand_score(np.random.default_rng(0).permutation(res.subtasks), res.labels)
     assert abs(s["ari_null_mean"]) < 0.01 and 0 < s["ari_null_sd"] < 0.05   # the reported chance level
+    assert -1 <= s["ari_inputs"] <= 1 and -1 <= s["ari_init_gradients"] <= 1   # baselines that learned nothing
+    m0 = Q.member_model(ds, initial=True, width=64)
+    np.testing.assert_array_equal(np.asarray(m0.params["w_in"]), ds["param.init.w_in"].sel(width=64).values)
+    assert not np.array_equal(np.asarray(m0.params["w_in"]), ds["param.w_in"].sel(width=64).values)
     assert res.ari > s["ari_null_mean"] + 3 * s["ari_null_sd"]
     # The paper's affinity: clusters follow subtasks AND labels (opposite labels -> opposite gradients),
     # so the ARI against subtasks alone is modest, but clearly above a shuffled labelling.

@@ -116,11 +116,12 @@ def _padded_sizes(cfg: Config) -> dict[str, int]:
     return out
 
 
-def member_model(ds: xr.Dataset, **coords) -> Member:
+def member_model(ds: xr.Dataset, initial: bool = False, **coords) -> Member:
     """Rebuild one trained member from results saved with ``eval.save_params = true``.
 
     ``coords``: the member's coordinate on every sweep dim (``width=64, seed=0``; dotted keys such as
-    ``model.width`` also work). Returns a :class:`Member` (config, true sizes, module, parameters).
+    ``model.width`` also work). Returns a :class:`Member` (config, true sizes, module, parameters);
+    ``initial``: with its parameters at initialisation (``param.init.*``) instead of trained ones.
     """
     from sweepjax.models import dtypes, make_model, member_sizes
     from sweepjax.tasks import make_task
@@ -145,7 +146,7 @@ def member_model(ds: xr.Dataset, **coords) -> Member:
     leaves = []
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
     for path, leaf in flat:
-        name = PARAM_PREFIX + jax.tree_util.keystr(path, simple=True, separator=".")
+        name = PARAM_PREFIX + ("init." if initial else "") + jax.tree_util.keystr(path, simple=True, separator=".")
         if name not in ds:
             raise ValueError(f"the results hold no {name!r}: they were saved by another model structure")
         arr = np.asarray(ds[name].isel(sel).values)
@@ -286,7 +287,10 @@ def qdg(ds: xr.Dataset, member: dict | None = None, n_samples: int = 2000, clust
     normalised per-sample gradients into ``clusters`` clusters (default: the number of distinct subtasks
     among the kept samples, so the adjusted Rand index is scored at the true number of quanta) and scores
     the clusters against the true subtask ids, beside the ARI's chance level (``ari_null_mean``/``_sd`` in
-    ``extra``: the same clusters scored against ``NULL_DRAWS`` shuffles of the subtask ids).
+    ``extra``: the same clusters scored against ``NULL_DRAWS`` shuffles of the subtask ids) and two baselines
+    that know nothing learned (``ari_inputs``: the same clustering of the raw inputs; ``ari_init_gradients``:
+    of the member's gradients at initialisation, ``param.init.*``): the clusters reflect learned quanta only
+    where the ARI beats both.
 
     ``align_labels`` (not in the paper; default off): multiply each gradient by its label's sign (+1 for
     parity 1, -1 for parity 0). With two classes the cross-entropy gradient is -p_wrong * s_y * d(logit_1 -
@@ -331,6 +335,16 @@ def qdg(ds: xr.Dataset, member: dict | None = None, n_samples: int = 2000, clust
     sizes, slope = rank_frequency(labels)
     several = len(np.unique(sub_kept)) > 1   # with one subtask kept the ARI is 1 whatever the clusters: undefined
     ari = float(adjusted_rand_score(sub_kept, labels)) if several else float("nan")
+    # Baselines that know nothing learned: the same clustering of the raw inputs, and of the gradients of the
+    # member at its initialisation (same samples, same K): QDG finds quanta only where it beats them.
+    score = lambda g: (float(adjusted_rand_score(sub_kept, spectral_clusters(gradient_affinity(g), k, n_init=n_init,
+                                                                              seed=seed))) if several else float("nan"))
+    baselines = {"ari_inputs": score(np.asarray(x)[keep])}
+    m0 = member_model(ds, initial=True, **m.coords)
+    g0 = np.asarray(per_sample_gradients(m0.apply, m0.params, x[keep], y[keep], loss_fn, chunk=chunk))
+    if align_labels:
+        g0 = g0 * np.where(np.asarray(y)[keep] == 1, 1.0, -1.0)[:, None]
+    baselines["ari_init_gradients"] = score(g0) if np.all(np.linalg.norm(g0, axis=1) > 0) else float("nan")
     rng = np.random.default_rng(seed)   # chance level: the same clusters against shuffled subtask ids
     null = np.array([adjusted_rand_score(rng.permutation(sub_kept), labels) if several else np.nan
                      for _ in range(NULL_DRAWS)])
@@ -341,7 +355,7 @@ def qdg(ds: xr.Dataset, member: dict | None = None, n_samples: int = 2000, clust
         cluster_sizes=sizes, slope=slope, ari=ari, labels=labels, subtasks=sub_kept, losses=losses[keep],
         contingency=cont, subtask_kept=np.bincount(sub_kept, minlength=n_tasks),
         subtask_drawn=np.bincount(subtask, minlength=n_tasks),
-        extra={"ari_null_mean": _finite(null.mean()), "ari_null_sd": _finite(null.std()), "ari_null_draws": NULL_DRAWS,
+        extra={**{key: _finite(v) for key, v in baselines.items()}, "ari_null_mean": _finite(null.mean()), "ari_null_sd": _finite(null.std()), "ari_null_draws": NULL_DRAWS,
                "n_params": int(grads.shape[1]), "zero_gradients_dropped": int(np.count_nonzero(~nonzero)),
                "seed": int(seed), "align_labels": bool(align_labels)})
 
@@ -384,7 +398,8 @@ def run_qdg_cli(results_dir: str | Path, member: dict | None = None, clusters: i
     res.to_json(out_json)
     plot_rank_frequency(res, plot_path)
     print(f"qdg {res.member}: {res.n_kept}/{res.n_drawn} samples kept, {res.clusters} clusters, "
-          + (f"ARI {res.ari:.3f} (chance {res.extra['ari_null_mean']:.3f} +- {res.extra['ari_null_sd']:.3f}), "
+          + (f"ARI {res.ari:.3f} (chance {res.extra['ari_null_mean']:.3f} +- {res.extra['ari_null_sd']:.3f}; "
+             f"raw inputs {res.extra['ari_inputs']:.3f}, gradients at init {res.extra['ari_init_gradients']:.3f}), "
              if np.isfinite(res.ari) else "ARI undefined (one subtask among the kept samples), ") +
           f"rank-frequency slope {res.slope:.2f}; wrote {out_json} and {plot_path}")
     return res
