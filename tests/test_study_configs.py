@@ -73,9 +73,9 @@ def test_quanta_parity_config_end_to_end(tmp_path):
 
 def test_graph_walks_config_end_to_end(tmp_path):
     """configs/graph_walks.toml at its [on_cpu] shape on a 1,024-node graph (mean degree 10), widths 16/32/64,
-    steps 150/300: no member below its exact floor, kappa = 1 has the lower floor, every member learned more
-    than the unigram statistics, and language.json holds the N and D fits, the sensitivity table and a
-    compute frontier for both kappas, with the figures."""
+    steps 150/300: no member below its exact floor, kappa = 1 has the lower floor, the excess at the largest D
+    falls strictly with width for both kappas, and language.json holds the N and D fits, the sensitivity
+    table and a compute frontier for both kappas, with the figures."""
     out = tmp_path / "gw"
     assert main(["run", str(ROOT / "configs" / "graph_walks.toml"), "--out", str(out), "--set", "task.nodes=1024",
                  "--set", "task.edges=5120", "--set", "sweep.model.width=[16, 32, 64]",
@@ -85,12 +85,12 @@ def test_graph_walks_config_end_to_end(tmp_path):
     assert not ds.diverged.any() and float(excess.min()) > -0.01
     floor = {b: np.unique(ds.irreducible_loss.sel(bias=b).values) for b in (0.0, 1.0)}
     assert len(floor[0.0]) == len(floor[1.0]) == 1 and floor[1.0][0] < floor[0.0][0], floor
-    assert float(ds.final_test_loss.max()) < np.log(1024) - 0.5   # below the uniform guess by a margin
     summary = json.loads((out / "language.json").read_text())
     assert summary["floors"]["ok"] and summary["floors"]["n_below_tolerance"] == 0
     rows = summary["n_scaling"]
     assert sorted(r["slice"]["bias"] for r in rows) == [0.0, 1.0] and all(r["kind"] == "N" for r in rows)
-    assert all(r["alpha"] is not None and r["window"] is not None for r in rows)
+    assert all(r["alpha"] > 0 and r["window"] is not None for r in rows)
+    assert all(r["decreasing"] for r in rows), [r["median_excess"] for r in rows]   # muP: wider is better at this D
     assert summary["sensitivity"]["rows"] and {f["compute"] for f in summary["frontier"]} == {"6ND", "exact"}
     for name in ("language_excess_vs_n.png", "language_frontier_6nd.png", "language_sensitivity.png"):
         assert (out / "figures" / name).stat().st_size > 10_000, name
