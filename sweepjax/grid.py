@@ -3,17 +3,32 @@
 Members are the cartesian product of the sweep axes, in the order the config lists them
 (the first axis varies slowest). Axes in :func:`config.member_keys` only change numbers and
 stay inside one compiled program; every other swept key is structural and splits the members
-into groups, each compiled once and all run by the same command.
+into groups, each compiled once and all run by the same command. A group whose members differ in
+size or length may be split further into size buckets, one program each, where a cost model
+(:func:`bucket`, measured once per machine by :func:`calibrate`) says that the padded work saved is
+worth more than the extra programs cost.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
-from dataclasses import dataclass
+import json
+import math
+import os
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 
-from sweepjax.config import Config, dim_name, member_keys
-from sweepjax.models import count, member_sizes, padded_sizes
+from sweepjax.config import Config, build_config, dim_name, member_keys
+from sweepjax.files import atomic_write
+from sweepjax.models import count, member_sizes, padded_sizes, tokens_per_step
 from sweepjax.tasks import task_class
 
 
@@ -90,34 +105,207 @@ class Grid:
         return int(np.prod(self.shape)) if self.axes else 1
 
 
-def bucket(group: Group, max_waste: float) -> list[Group]:
-    """Split ``group`` into buckets of similar size and length so each bucket's padding waste is <= ``max_waste``.
+# ---- size buckets: a cost model and the cheapest split -------------------------------------------
 
-    The waste counts steps too (:meth:`Group.padding_waste`): a member runs at the bucket's padded sizes
-    for the bucket's longest run. First-fit decreasing over member kinds (true sizes and steps), largest
-    work first: all members of a kind join the first bucket whose waste stays within the limit, else open
-    a new bucket. ``max_waste`` = 0 disables bucketing. Results do not change (padding invariance,
-    per-member steps); only the work done does.
+@dataclass(frozen=True)
+class Calibration:
+    """The two numbers of the bucketing cost model (:func:`bucket`), for one backend and model family.
+
+    ``program_seconds``: what one more program costs besides its training loop: tracing and compiling
+    its init, training and prediction programs, running the init, moving results to the host.
+    ``flop_rate``: model FLOPs (3 x forward matmul FLOPs per token x tokens, :func:`sweepjax.models.count`'s
+    units) per second of the training loop, as the marginal rate: what one more padded FLOP costs.
     """
-    if not max_waste:
-        return [group]
+    program_seconds: float
+    flop_rate: float
+
+
+def partition(n: int, cost: Callable[[int, int], float]) -> list[tuple[int, int]]:
+    """The split of items 0 .. n-1, in their order, into runs [i, j) of minimal summed ``cost(i, j)``.
+
+    Dynamic programming over the n (n + 1) / 2 runs: best[j] = min over i of best[i] + cost(i, j).
+    Ties go to the fewer, longer runs. ``cost`` may be ``inf`` (a run not allowed); a run of one item
+    must be finite.
+    """
+    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            c = best[i] + cost(i, j)
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    runs, j = [], n
+    while j:
+        runs.append((cut[j], j))
+        j = cut[j]
+    return runs[::-1]
+
+
+def bucket(group: Group, max_waste: float = math.inf,
+           calibration: Callable[[Config], Calibration] | None = None) -> list[Group]:
+    """Split ``group`` into size buckets, one program each, so that the estimated seconds of all of them are least.
+
+    A bucket is estimated at ``program_seconds`` plus its padded work / ``flop_rate``, the :class:`Calibration`
+    that ``calibration(group.config)`` returns (:func:`calibrate` by default; asked only when there is a
+    choice to make). Padded work: members x forward FLOPs per token at the bucket's padded sizes x tokens per
+    step x 3 (forward and backward) x the bucket's longest run in steps (a member that has stopped still costs
+    its steps in the vmapped loop).
+
+    Member kinds (true sizes and steps) are put in order, and :func:`partition` finds the cheapest split of that
+    order into contiguous runs. With one size axis, one run length and no waste bound, the order by work is
+    enough: some optimal partition is contiguous in it (a bucket pays for its largest kind, so each kind belongs
+    with the smallest largest kind above it). With several axes (width x depth, sizes x steps), kinds of similar
+    work can be wide-and-shallow and narrow-and-deep, and no one order holds every good bucket: the split is
+    made in several orders (by work, and by each axis first, then work: width-major keeps a width's depths
+    together) and the cheapest is kept. A heuristic then: a partition contiguous in none of them is not tried.
+
+    ``max_waste`` >= 1 bounds each bucket's padding waste (:meth:`Group.padding_waste`) as well; 0 makes one
+    program of the group. Results do not change (padding invariance, per-member steps); only the work does.
+    """
     keys = list(group.sizes())
-    kinds = [(int(n), *shape) for n, shape in zip(group.values["train.steps"], group.shapes())]
+    rows_of = [(int(n), *shape) for n, shape in zip(group.values["train.steps"], group.shapes())]
     work = lambda kind: group.cost(dict(zip(keys, kind[1:])), kind[0])
-    buckets: list[list[int]] = []
-    for kind in sorted(set(kinds), key=lambda k: (work(k), k), reverse=True):
-        rows = [i for i in range(group.size) if kinds[i] == kind]
-        for b in buckets:
-            if group.subset(np.array(sorted(b + rows))).padding_waste() <= max_waste:
-                b += rows
-                break
-        else:
-            buckets.append(rows)
-    return [group.subset(np.array(sorted(b))) for b in buckets]
+    kinds = sorted(set(rows_of), key=lambda k: (work(k), k), reverse=True)
+    if not max_waste or len(kinds) == 1:
+        return [group]
+    members = Counter(rows_of)
+    cal = (calibration or calibrate)(group.config)
+    seconds_per_flop = 3.0 * tokens_per_step(group.config) / cal.flop_rate
+
+    forward = functools.cache(lambda sizes: group.cost(dict(zip(keys, sizes))))   # FLOPs per token at padded sizes
+    own = {kind: members[kind] * work(kind) for kind in kinds}                    # the work a kind needs
+
+    def split(order: list[tuple]) -> tuple[float, list[set[tuple]]]:
+        """The cheapest split of ``order`` into runs, and its estimated seconds."""
+        table = {}   # (i, j) -> estimated seconds of the bucket order[i:j], inf beyond the waste bound
+        for j in range(1, len(order) + 1):
+            top, n, needed = order[j - 1], 0, 0.0   # running maxima (steps, *sizes) and sums of the run
+            for i in range(j - 1, -1, -1):          # growing the run downwards
+                kind = order[i]
+                top = tuple(map(max, top, kind))
+                n, needed = n + members[kind], needed + own[kind]
+                executed = n * forward(top[1:]) * top[0]
+                table[i, j] = (math.inf if executed > max_waste * needed
+                               else cal.program_seconds + seconds_per_flop * executed)
+        runs = partition(len(order), lambda i, j: table[i, j])
+        return sum(table[r] for r in runs), [set(order[i:j]) for i, j in runs]
+
+    axis_first = lambda a: sorted(kinds, key=lambda k: (k[a], work(k), k), reverse=True)   # a: steps, then each size
+    orders = [kinds] + [axis_first(a) for a in range(len(keys) + 1)]
+    _, runs = min((split(order) for order in orders), key=lambda split: split[0])   # ties: the first order
+    return [group.subset(np.array([r for r, kind in enumerate(rows_of) if kind in run])) for run in runs]
+
+
+# The reference programs the calibration times, by kind of model (:func:`reference`): config, then (members, narrow
+# and wide width, steps) on a CPU and on an accelerator. Two widths: the loop's marginal rate is the slope between
+# them (a per-step cost that does not grow with the padded sizes is no padding cost); the wide one, timed second
+# (the first program of a process also pays for JAX's start-up), gives program_seconds. Residual MLPs have their
+# own: their programs take about twice as long to compile as a one-hidden-layer MLP's.
+CALIBRATION_REFERENCE = {
+    "mlp": ({"task": {"batch_size": 256}, "eval": {"points": 5}},
+            {"cpu": (32, 32, 256, 50), "accelerator": (256, 128, 1024, 200)}),
+    "mlp-residual": ({"task": {"batch_size": 256}, "eval": {"points": 5},
+                      "model": {"residual": True, "norm": "rmsnorm", "mlp_ratio": 4, "depth": 4}},
+                     {"cpu": (8, 16, 64, 20), "accelerator": (256, 64, 256, 100)}),
+    "transformer": ({"task": {"name": "markov", "batch_size": 16, "test_size": 16}, "eval": {"points": 5},
+                     "model": {"family": "transformer"}},
+                    {"cpu": (8, 32, 128, 20), "accelerator": (64, 128, 512, 100)}),
+}
+
+
+def reference(cfg: Config) -> str:
+    """The reference program (:data:`CALIBRATION_REFERENCE`) that stands for ``cfg``'s model."""
+    return "mlp-residual" if cfg.model.family == "mlp" and cfg.model.residual else cfg.model.family
+
+
+def reference_config(name: str, width: int, members: int, steps: int, precision: str = "float32") -> Config:
+    """The config of reference program ``name`` at ``width``: ``members`` seeds, ``steps`` steps in one chunk."""
+    raw = CALIBRATION_REFERENCE[name][0]
+    return build_config({**raw, "model": {**raw.get("model", {}), "width": width},
+                         "train": {"steps": steps, "chunk_steps": steps, "precision": precision},
+                         "sweep": {"seed": list(range(members))}})
+
+
+def measure(name: str, precision: str = "float32") -> Calibration:
+    """Time the engine on the reference programs ``name`` (:data:`CALIBRATION_REFERENCE`) on the default backend.
+
+    ``flop_rate`` = (wide work - narrow work) / (wide loop s - narrow loop s) (the wide program's own rate
+    if the loops came out no different); ``program_seconds`` = the wide program's wall time outside its loop
+    (:func:`sweepjax.engine.train.run_group`: tracing, compiling, init, evaluation and transfers).
+    """
+    import jax
+
+    from sweepjax.engine.train import run_group   # the engine times itself (it imports this module: import here)
+
+    n, narrow, wide, steps = CALIBRATION_REFERENCE[name][1]["cpu" if jax.default_backend() == "cpu" else "accelerator"]
+    jax.jit(lambda x: x + 1)(1).block_until_ready()   # backend start-up is no program's cost
+    timed = []
+    for width in (narrow, wide):
+        cfg = reference_config(name, width, n, steps, precision)
+        (group,) = build_grid(cfg).groups
+        t0 = time.perf_counter()
+        out = run_group(cfg, group, log=None)
+        wall = time.perf_counter() - t0
+        flops = n * 3.0 * tokens_per_step(cfg) * group.cost(padded_sizes(group.sizes()), steps + 1)
+        timed.append((flops, out.run_s, wall - out.run_s))
+    (f0, t0, _), (f1, t1, outside) = timed
+    return Calibration(outside, (f1 - f0) / (t1 - t0) if t1 > t0 else f1 / t1)
+
+
+def calibration_path() -> Path:
+    """Where measured calibrations are kept: ``$XDG_CACHE_HOME/sweepjax/calibration.json`` (``~/.cache`` by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweepjax" / "calibration.json"
+
+
+def calibrate(cfg: Config) -> Calibration:
+    """The cost model's numbers for ``cfg``'s groups: ``run.program_seconds`` and ``run.flop_rate`` where set
+    (> 0); the others measured (:func:`measure`) once per backend, device kind, versions, reference program
+    (:func:`reference`) and precision, and kept in :func:`calibration_path` for later runs. In a multi-process
+    run every process takes process 0's numbers (all must split the groups alike), measuring together when
+    process 0 has none."""
+    import jax
+
+    given = Calibration(cfg.run.program_seconds, cfg.run.flop_rate)
+    if given.program_seconds and given.flop_rate:
+        return given
+    device = jax.devices()[0].device_kind
+    if jax.default_backend() == "cpu":   # a CPU's device kind is "cpu": name the machine
+        device = f"{platform.machine()} x {os.cpu_count()}"
+    key = " / ".join([jax.default_backend(), device, f"jax {jax.__version__}",
+                      f"jaxlib {version('jaxlib')}", f"sweepjax {version('sweepjax')}", reference(cfg),
+                      cfg.train.precision])
+    path = calibration_path()
+
+    def cached() -> dict:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def process_0s(numbers: dict | None) -> dict | None:   # what process 0 has, in every process
+        if jax.process_count() == 1:
+            return numbers
+        from jax.experimental import multihost_utils
+        row = [numbers["program_seconds"], numbers["flop_rate"]] if numbers else [math.nan, math.nan]
+        row = multihost_utils.broadcast_one_to_all(np.array(row, np.float32)).tolist()
+        return None if math.isnan(row[0]) else {"program_seconds": row[0], "flop_rate": row[1]}
+
+    numbers = process_0s(cached().get(key))
+    if numbers is None:   # measured by every process together (the reference programs span all devices)
+        numbers = process_0s(asdict(measure(reference(cfg), cfg.train.precision)))
+        with contextlib.suppress(OSError):   # an unwritable cache only means measuring again next time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps({**cached(), key: numbers}, indent=1, sort_keys=True)
+            atomic_write(path, lambda p: p.write_text(text))
+    numbers = [given.program_seconds or numbers["program_seconds"], given.flop_rate or numbers["flop_rate"]]
+    return Calibration(*map(float, numbers))
 
 
 def build_grid(cfg: Config) -> Grid:
-    """Enumerate members and split them into structural groups."""
+    """Enumerate members, split them into structural groups and those into size buckets (:func:`bucket`).
+
+    When the buckets need the cost model and ``run.program_seconds`` or ``run.flop_rate`` is 0 (measure), the
+    numbers used are written into ``cfg.run``: the resolved config records them.
+    """
     keys = list(cfg.sweep)
     combos = list(itertools.product(*(cfg.sweep[k] for k in keys)))
     numeric = member_keys(cfg)
@@ -127,7 +315,16 @@ def build_grid(cfg: Config) -> Grid:
         member = dict(zip(keys, combo))
         structural = {k: member[k] for k in structural_keys}
         by_struct.setdefault(repr(structural), (structural, []))[1].append(i)
-    groups = []
+    groups, measured = [], []
+
+    def calibration(group_cfg: Config) -> Calibration:
+        """One calibration per sweep (its first group's family and precision), written into ``cfg.run`` so that
+        the saved config records the numbers the buckets came from (and a resumed run splits alike)."""
+        if not measured:
+            measured.append(calibrate(group_cfg))
+            cfg.run.program_seconds, cfg.run.flop_rate = measured[0].program_seconds, measured[0].flop_rate
+        return measured[0]
+
     for structural, idx in by_struct.values():
         gcfg = cfg.with_values(structural)
         values = {}
@@ -142,5 +339,5 @@ def build_grid(cfg: Config) -> Grid:
         # data_seed = -1 means "follow the init seed": independent data stream per init seed.
         ds = values["task.data_seed"]
         values["task.data_seed"] = np.where(ds < 0, values["train.seed"], ds)
-        groups += bucket(Group(structural, gcfg, np.array(idx), values), cfg.run.max_padding_waste)
+        groups += bucket(Group(structural, gcfg, np.array(idx), values), cfg.run.max_padding_waste, calibration)
     return Grid(dict(cfg.sweep), groups)
