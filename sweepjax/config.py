@@ -111,7 +111,12 @@ class RunConfig:
     shard_members: bool = True      # shard the member axis over all visible devices
     memory_fraction: float = 0.8     # share of device memory the member chunks may fill
     memory_limit_gb: float = 0.0     # device memory to plan for (0: ask the device / host)
-    max_padding_waste: float = 1.5   # split a group into size buckets so FLOPs run / FLOPs needed <= this (0 = off)
+    max_padding_waste: float = 1.5   # size buckets (grid.bucket) minimise the estimated seconds, none running more
+                                     # than this x the FLOPs its members need (0: one program per group; inf: no
+                                     # bound, the cost model alone decides)
+    program_seconds: float = 0.0     # bucket cost model: seconds a program costs outside its training loop (0:
+                                     # measured once per machine and cached; the saved config records the value used)
+    flop_rate: float = 0.0           # bucket cost model: model FLOP/s of the training loop (0: measured likewise)
     fit_form: str = "power_law"      # form fitted to median final test loss vs width after the run
     bootstrap: int = 1000            # bootstrap resamples (over seeds) for the exponent's interval
     figures: bool = True             # make the study's figures after the run
@@ -155,7 +160,7 @@ MINIMUM: dict[str, tuple[float, bool]] = {
     "train.divergence_loss": (0, False), "eval.points": (1, True), "run.member_chunk": (0, True),
     "run.bootstrap": (0, True), "run.max_padding_waste": (0, True), "run.checkpoint_steps": (0, True),
     "run.checkpoint_minutes": (0, True), "run.keep_checkpoints": (1, True), "run.memory_fraction": (0, False),
-    "run.memory_limit_gb": (0, True),
+    "run.memory_limit_gb": (0, True), "run.program_seconds": (0, True), "run.flop_rate": (0, True),
     "model.heads": (1, True), "model.head_size": (0, True),
     "model.rope_base": (1, False), "model.base_width": (1, True), "train.adam_b1": (0, True),
     "train.adam_b2": (0, True), "train.adam_eps": (0, True), "model.base_mlp_ratio": (0, True),
@@ -168,6 +173,8 @@ MAXIMUM: dict[str, float] = {
     "model.heads": 4096, "model.head_size": 2**16,
     "model.base_mlp_ratio": 64, "train.lbfgs_linesearch_steps": 1000,
 }
+# Float keys that may be inf (no bound).
+UNBOUNDED = ("run.max_padding_waste",)
 # Upper bounds that are exclusive.
 BELOW: dict[str, float] = {"train.adam_b1": 1.0, "train.adam_b2": 1.0}
 
@@ -304,7 +311,7 @@ def coerce(key: str, value: Any, sch: Schema) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(key, value, "must be a number")
         value = float(value)
-        if not math.isfinite(value):
+        if not math.isfinite(value) and not (key in UNBOUNDED and value == math.inf):
             raise _fail(key, value, "must be finite")
     elif typ in ("str", str):
         if not isinstance(value, str):
@@ -586,12 +593,15 @@ APPLIES: dict[str, tuple[Condition, ...]] = {
     "train.decay_all": ({"train.optimizer": ("adamw",), "train.weight_decay": Above(0)},),
     **{f"train.{k}": (_ADAM,) for k in ("adam_b1", "adam_b2", "adam_eps")},
     **{f"train.{k}": (_LBFGS,) for k in ("lbfgs_memory", "lbfgs_linesearch_steps")},
+    **{f"run.{k}": ({"run.max_padding_waste": Above(0)},) for k in ("program_seconds", "flop_rate")},
 }
 # Why, where it helps the reader of the error.
 _WHY = {
     "train.lr": "L-BFGS takes its step length from a line search",
     "train.schedule": "L-BFGS takes its step length from a line search",
     "model.heads": "heads = width / head_size",
+    "run.program_seconds": "each structural group is one program, there is no split to cost",
+    "run.flop_rate": "each structural group is one program, there is no split to cost",
     "eval.save_predictions": "predictions are kept for tasks whose members combine into ensembles (a task's PREDICTIONS)",
 }
 

@@ -3,17 +3,24 @@
 Members are the cartesian product of the sweep axes, in the order the config lists them
 (the first axis varies slowest). Axes in :func:`config.member_keys` only change numbers and
 stay inside one compiled program; every other swept key is structural and splits the members
-into groups, each compiled once and all run by the same command.
+into groups, each compiled once and all run by the same command. A group whose members differ in
+size or length may be split further into size buckets, one program each, where a cost model
+(:func:`bucket`, measured once per machine by :func:`sweepjax.engine.calibrate.calibrate`) says that the padded work saved is
+worth more than the extra programs cost.
 """
 from __future__ import annotations
 
+import functools
 import itertools
+import math
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from sweepjax.config import Config, dim_name, member_keys
-from sweepjax.models import count, member_sizes, padded_sizes
+from sweepjax.models import count, member_sizes, padded_sizes, tokens_per_step
 from sweepjax.tasks import task_class
 
 
@@ -90,34 +97,101 @@ class Grid:
         return int(np.prod(self.shape)) if self.axes else 1
 
 
-def bucket(group: Group, max_waste: float) -> list[Group]:
-    """Split ``group`` into buckets of similar size and length so each bucket's padding waste is <= ``max_waste``.
+# ---- size buckets: a cost model and the cheapest split -------------------------------------------
 
-    The waste counts steps too (:meth:`Group.padding_waste`): a member runs at the bucket's padded sizes
-    for the bucket's longest run. First-fit decreasing over member kinds (true sizes and steps), largest
-    work first: all members of a kind join the first bucket whose waste stays within the limit, else open
-    a new bucket. ``max_waste`` = 0 disables bucketing. Results do not change (padding invariance,
-    per-member steps); only the work done does.
+@dataclass(frozen=True)
+class Calibration:
+    """The two numbers of the bucketing cost model (:func:`bucket`), for one backend and model family.
+
+    ``program_seconds``: what one more program costs besides its training loop: tracing and compiling
+    its init, training and prediction programs, running the init, moving results to the host.
+    ``flop_rate``: model FLOPs (3 x forward matmul FLOPs per token x tokens, :func:`sweepjax.models.count`'s
+    units) per second of the training loop, as the marginal rate: what one more padded FLOP costs.
     """
-    if not max_waste:
-        return [group]
+    program_seconds: float
+    flop_rate: float
+
+
+def partition(n: int, cost: Callable[[int, int], float]) -> list[tuple[int, int]]:
+    """The split of items 0 .. n-1, in their order, into runs [i, j) of minimal summed ``cost(i, j)``.
+
+    Dynamic programming over the n (n + 1) / 2 runs: best[j] = min over i of best[i] + cost(i, j).
+    Ties go to the fewer, longer runs. ``cost`` may be ``inf`` (a run not allowed); a run of one item
+    must be finite.
+    """
+    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            c = best[i] + cost(i, j)
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    runs, j = [], n
+    while j:
+        runs.append((cut[j], j))
+        j = cut[j]
+    return runs[::-1]
+
+
+def bucket(group: Group, max_waste: float, calibration: Callable[[Config], Calibration]) -> list[Group]:
+    """Split ``group`` into size buckets, one program each, so that the estimated seconds of all of them are least.
+
+    A bucket is estimated at ``program_seconds`` plus its padded work / ``flop_rate``, the :class:`Calibration`
+    that ``calibration(group.config)`` returns (asked only when there is a
+    choice to make). Padded work: members x forward FLOPs per token at the bucket's padded sizes x tokens per
+    step x 3 (forward and backward) x the bucket's longest run in steps (a member that has stopped still costs
+    its steps in the vmapped loop).
+
+    Member kinds (true sizes and steps) are put in order, and :func:`partition` finds the cheapest split of that
+    order into contiguous runs. With one size axis, one run length and no waste bound, the order by work is
+    enough: some optimal partition is contiguous in it (a bucket pays for its largest kind, so each kind belongs
+    with the smallest largest kind above it). With several axes (width x depth, sizes x steps), kinds of similar
+    work can be wide-and-shallow and narrow-and-deep, and no one order holds every good bucket: the split is
+    made in several orders (by work, and by each axis first, then work: width-major keeps a width's depths
+    together) and the cheapest is kept. A heuristic then: a partition contiguous in none of them is not tried.
+
+    ``max_waste`` >= 1 bounds each bucket's padding waste (:meth:`Group.padding_waste`) as well; 0 makes one
+    program of the group. Results do not change (padding invariance, per-member steps); only the work does.
+    """
     keys = list(group.sizes())
-    kinds = [(int(n), *shape) for n, shape in zip(group.values["train.steps"], group.shapes())]
+    rows_of = [(int(n), *shape) for n, shape in zip(group.values["train.steps"], group.shapes())]
     work = lambda kind: group.cost(dict(zip(keys, kind[1:])), kind[0])
-    buckets: list[list[int]] = []
-    for kind in sorted(set(kinds), key=lambda k: (work(k), k), reverse=True):
-        rows = [i for i in range(group.size) if kinds[i] == kind]
-        for b in buckets:
-            if group.subset(np.array(sorted(b + rows))).padding_waste() <= max_waste:
-                b += rows
-                break
-        else:
-            buckets.append(rows)
-    return [group.subset(np.array(sorted(b))) for b in buckets]
+    kinds = sorted(set(rows_of), key=lambda k: (work(k), k), reverse=True)
+    if not max_waste or len(kinds) == 1:
+        return [group]
+    members = Counter(rows_of)
+    cal = calibration(group.config)
+    seconds_per_flop = 3.0 * tokens_per_step(group.config) / cal.flop_rate
+
+    forward = functools.cache(lambda sizes: group.cost(dict(zip(keys, sizes))))   # FLOPs per token at padded sizes
+    own = {kind: members[kind] * work(kind) for kind in kinds}                    # the work a kind needs
+
+    def split(order: list[tuple]) -> tuple[float, list[set[tuple]]]:
+        """The cheapest split of ``order`` into runs, and its estimated seconds."""
+        table = {}   # (i, j) -> estimated seconds of the bucket order[i:j], inf beyond the waste bound
+        for j in range(1, len(order) + 1):
+            top, n, needed = order[j - 1], 0, 0.0   # running maxima (steps, *sizes) and sums of the run
+            for i in range(j - 1, -1, -1):          # growing the run downwards
+                kind = order[i]
+                top = tuple(map(max, top, kind))
+                n, needed = n + members[kind], needed + own[kind]
+                executed = n * forward(top[1:]) * top[0]
+                table[i, j] = (math.inf if executed > max_waste * needed
+                               else cal.program_seconds + seconds_per_flop * executed)
+        runs = partition(len(order), lambda i, j: table[i, j])
+        return sum(table[r] for r in runs), [set(order[i:j]) for i, j in runs]
+
+    axis_first = lambda a: sorted(kinds, key=lambda k: (k[a], work(k), k), reverse=True)   # a: steps, then each size
+    orders = [kinds] + [axis_first(a) for a in range(len(keys) + 1)]
+    _, runs = min((split(order) for order in orders), key=lambda split: split[0])   # ties: the first order
+    return [group.subset(np.array([r for r, kind in enumerate(rows_of) if kind in run])) for run in runs]
 
 
 def build_grid(cfg: Config) -> Grid:
-    """Enumerate members and split them into structural groups."""
+    """Enumerate members, split them into structural groups and those into size buckets (:func:`bucket`).
+
+    When the buckets need the cost model and ``run.program_seconds`` or ``run.flop_rate`` is 0 (measure), the
+    numbers used are written into ``cfg.run``: the resolved config records them.
+    """
     keys = list(cfg.sweep)
     combos = list(itertools.product(*(cfg.sweep[k] for k in keys)))
     numeric = member_keys(cfg)
@@ -127,7 +201,17 @@ def build_grid(cfg: Config) -> Grid:
         member = dict(zip(keys, combo))
         structural = {k: member[k] for k in structural_keys}
         by_struct.setdefault(repr(structural), (structural, []))[1].append(i)
-    groups = []
+    groups, measured = [], []
+
+    def calibration(group_cfg: Config) -> Calibration:
+        """One calibration per sweep (its first group's family and precision), written into ``cfg.run`` so that
+        the saved config records the numbers the buckets came from (and a resumed run splits alike)."""
+        if not measured:
+            from sweepjax.engine.calibrate import calibrate   # the engine sits above the grid: import here
+            measured.append(calibrate(group_cfg))
+            cfg.run.program_seconds, cfg.run.flop_rate = measured[0].program_seconds, measured[0].flop_rate
+        return measured[0]
+
     for structural, idx in by_struct.values():
         gcfg = cfg.with_values(structural)
         values = {}
@@ -142,5 +226,5 @@ def build_grid(cfg: Config) -> Grid:
         # data_seed = -1 means "follow the init seed": independent data stream per init seed.
         ds = values["task.data_seed"]
         values["task.data_seed"] = np.where(ds < 0, values["train.seed"], ds)
-        groups += bucket(Group(structural, gcfg, np.array(idx), values), cfg.run.max_padding_waste)
+        groups += bucket(Group(structural, gcfg, np.array(idx), values), cfg.run.max_padding_waste, calibration)
     return Grid(dict(cfg.sweep), groups)

@@ -167,7 +167,8 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     ds["best_test_loss"].attrs["description"] = ("lowest test loss over the member's evaluations (early "
                                                  "stopping); NaN for a diverged member")
     ds["best_step"].attrs["description"] = "eval_step of best_test_loss (-1 if none)"
-    for name in ("train_loss", "test_loss", "final_test_loss", "best_test_loss") + (("layer_loss",) if "layer_loss" in ds else ()):
+    losses = [n for n in ("layer_loss", *task.RECORDS) if n in ds and n.endswith("_loss")]   # a task's *_loss records
+    for name in ["train_loss", "test_loss", "final_test_loss", "best_test_loss", *losses]:
         ds[name].attrs["units"] = task.loss_unit(cfg.task)
     for name in LAYER_METRICS:
         if f"layer_{name}" in ds:

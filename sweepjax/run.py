@@ -227,6 +227,9 @@ def resume_config(out: Path, config: ConfigSource | None, overrides: Overrides =
     for key in sorted(allowed - frozenset(RESUME_SAFE_KEYS)):
         raise ConfigError(f"--allow-change {key}: changing it would change results; only "
                           f"{', '.join(RESUME_SAFE_KEYS)} may change on resume")
+    for key in ("program_seconds", "flop_rate"):   # 0 means "measure": the saved run measured them, keep its numbers
+        if not getattr(cfg.run, key):
+            setattr(cfg.run, key, getattr(saved.run, key))
     diff = {k: v for k, v in differences(saved, cfg).items() if k not in allowed}
     if diff:
         listed = "; ".join(f"{k} (saved {a!r}, now {b!r})" for k, (a, b) in diff.items())

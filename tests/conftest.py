@@ -38,6 +38,17 @@ def run(sweep: dict, **sections):
     return ds
 
 
+@pytest.fixture(autouse=True)
+def fixed_calibration(tmp_path_factory, monkeypatch):
+    """Every test buckets with the same cost model (typical of a 2-core CPU) instead of timing this machine:
+    splits that do not depend on the load, no minute of measuring in CI, nothing written to ~/.cache.
+    tests/test_grid.py times the engine itself."""
+    from sweepjax.engine import calibrate
+    from sweepjax.grid import Calibration
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setattr(calibrate, "measure", lambda name, precision="float32": Calibration(2.5, 3.5e9))
+
+
 @pytest.fixture
 def small():
     return run

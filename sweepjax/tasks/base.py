@@ -26,7 +26,8 @@ A task is one module with one class deriving from :class:`Task`, named in
 * :meth:`test_set` (fixed, the same for every member), :meth:`test_loss` (how per-example test losses
   combine: the mean, or weights such as per-member task frequencies) and :meth:`floors` (irreducible
   losses when known);
-* ``RECORDS`` / :meth:`records`: what else it measures at every evaluation (name -> dims).
+* ``RECORDS`` / :meth:`records`: what else it measures at every evaluation (name -> dims); a record named
+  ``*_loss`` is in the task's loss unit (its ``units`` attribute says so).
 * ``PREDICTIONS`` (:meth:`predictions` where a key changes it): how members' predictions on the test set,
   kept by ``eval.save_predictions``, combine into an ensemble: ``"outputs"`` (squared-error outputs: the
   mean of the outputs; vector outputs get an ``output`` dim), ``"probabilities"`` (classifiers: the mean of
