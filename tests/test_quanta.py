@@ -168,6 +168,9 @@ def test_convergence_steps_follow_frequency_order_and_slope():
     rev = ds.assign(subtask_loss=ds.subtask_loss[..., ::-1].assign_coords(subtask=ds.subtask.values))
     (back,) = q.convergence_steps(rev)
     assert back["spearman"] == pytest.approx(-1.0)
+    # p-values by permutation: two subtasks in order are one of 2 orderings; reversed, every ordering is as high
+    assert narrow["spearman_p"] == pytest.approx(0.5) and back["spearman_p"] == pytest.approx(1.0)
+    assert r["spearman_p"] < 1e-3
     assert "Spearman(rank, step) 1.000" in q.describe(r)
     json.dumps(r, allow_nan=False)
 
@@ -217,3 +220,15 @@ def test_figures_survive_a_widest_width_that_diverged(tmp_path):
     summary = q.summarize(ds, n_boot=0, log=None)
     paths = q.make_figures(ds, tmp_path, summary)
     assert paths and all(p.stat().st_size > 5_000 for p in paths)
+
+
+def test_spearman_p_is_exact_for_few_subtasks():
+    """Enumerating the 3! orderings: 3 subtasks learned in order have p = 1/6 (scipy's t approximation says 0)."""
+    import itertools
+
+    from scipy.stats import spearmanr
+    order = np.array([10.0, 30.0, 20.0])
+    observed = spearmanr(np.arange(3), order).statistic
+    exact = np.mean([spearmanr(np.arange(3), np.array(p)).statistic >= observed - 1e-12
+                     for p in itertools.permutations(order)])
+    assert q.spearman_p(order) == pytest.approx(exact) and q.spearman_p(np.array([1.0, 2.0, 3.0])) == pytest.approx(1 / 6)

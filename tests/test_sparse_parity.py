@@ -119,3 +119,41 @@ def test_subsets_are_distinct_and_rare_subtasks_are_drawn_exactly():
     rare = slice(400, 500)   # 100 rarest: together ~0.4% of draws
     assert abs(counts[rare].sum() - n * p[rare].sum()) < 4 * np.sqrt(n * p[rare].sum())
     assert np.abs((counts - n * p) / np.sqrt(n * p)).max() < 5
+
+
+def test_float64_run_weights_the_test_loss_in_float64_and_subtask_loss_has_units():
+    """In a float64 run the test loss is the float64 p-weighted mean of the subtask losses (float32 weights were
+    off by ~1e-8 relative); subtask_loss is in bits like the test loss."""
+    cfg = _config({"task.zipf_exponent": [1.3]}, steps=30, precision="float64")
+    ds = run_sweep(cfg, log=None)[0]
+    assert ds.subtask_loss.attrs["units"] == "bits" and ds.subtask_loss.dtype == np.float64
+    p = 1.0 / np.arange(1, 5) ** 1.3
+    p /= p.sum()
+    np.testing.assert_allclose((ds.subtask_loss * p).sum("subtask"), ds.test_loss, rtol=1e-13)
+
+
+def test_fixed_training_set_is_reused_across_epochs():
+    """task.dataset_size = D: every epoch of ceil(D / B) steps shows the same D examples (in another order), and a
+    member trained on D = 48 examples memorises them: its training loss falls far below its test loss, while a
+    member on fresh samples generalises as it trains."""
+    from sweepjax.tasks import dataset
+    sp = task(n_tasks=4, n_bits=32, k=3, batch_size=16)   # 32 bits: 48 draws are distinct
+    key, m = jax.random.key(5), {"zipf_exponent": jnp.float32(1.4)}
+
+    def epoch(e):   # the examples of the 3 steps of epoch e (D = 48, B = 16)
+        rows = []
+        for step in range(3 * e, 3 * e + 3):
+            idx, valid = dataset.minibatch(key, jnp.int32(step), 16, 48)
+            x, y = sp.examples(dataset.sample_keys(key, idx), m, jnp.float32)
+            rows += [tuple(np.asarray(x[i]).tolist()) + (int(y[i]),) for i in range(16) if valid[i]]
+        return rows
+
+    first, second = epoch(0), epoch(1)
+    assert len(set(first)) == len(first) == 48 and sorted(first) == sorted(second) and first != second
+    cfg = small_config({"task.dataset_size": [48, 0]}, task={**TASK, "n_bits": 8, "k": 3, "batch_size": 16},
+                       model={"width": 64}, train={"steps": 400, "chunk_steps": 400, "lr": 1e-2},
+                       eval={"points": 4}, run={"max_padding_waste": 0})
+    ds = run_sweep(cfg, log=None)[0]
+    fixed, fresh = ds.sel(dataset_size=48), ds.sel(dataset_size=0)
+    assert float(fixed.train_loss.isel(eval_step=-1)) < 0.1 < float(fixed.final_test_loss) - 0.3
+    assert float(fresh.final_test_loss) < float(fresh.train_loss.isel(eval_step=-1)) + 0.2

@@ -323,7 +323,8 @@ def convergence_steps(ds: xr.Dataset, threshold: float = 0.1, width: int | None 
     -0.81, the naive theory -1) and ``n_fitted``, ``theory``, ``paper``, ``spearman`` / ``spearman_p``
     (Spearman rank correlation of frequency rank with learning step over the subtasks up to the rarest
     learned one, unlearned ones counting as learned last: +1 when they are learned in order of frequency;
-    None with fewer than two learned, or when all tie), ``note``.
+    None with fewer than two learned, or when all tie; ``spearman_p``: its one-sided permutation p-value,
+    :func:`spearman_p`), ``note``.
     """
     from scipy.stats import spearmanr
     sub = ds["subtask_loss"].where(~_diverged(ds), np.inf)
@@ -358,10 +359,22 @@ def convergence_steps(ds: xr.Dataset, threshold: float = 0.1, width: int | None 
         upto = int(np.flatnonzero(got).max()) + 1 if got.any() else 0
         order = np.where(got, first, np.inf)[:upto]
         if got.sum() >= 2 and len(np.unique(order)) > 1:
-            res = spearmanr(np.arange(upto), order)
-            row.update(spearman=_num(res.statistic), spearman_p=_num(res.pvalue))
+            row.update(spearman=_num(spearmanr(np.arange(upto), order).statistic),
+                       spearman_p=_num(spearman_p(order)))
         rows.append(row)
     return rows
+
+
+def spearman_p(order: np.ndarray, resamples: int = 9999) -> float:
+    """One-sided p-value of a Spearman correlation between ``order`` and its index at least as large as observed,
+    by permutation (exact: every ordering, when there are at most ``resamples`` of them, else ``resamples`` random
+    ones from a fixed seed). The t approximation scipy's ``spearmanr`` uses is meaningless for the few subtasks
+    a CPU member learns (3 learned subtasks in perfect order: t-approximate p = 0, exact p = 1/6)."""
+    from scipy.stats import permutation_test, spearmanr
+    rank = np.arange(len(order))
+    res = permutation_test((order,), lambda o: spearmanr(rank, o).statistic, permutation_type="pairings",
+                           n_resamples=resamples, alternative="greater", rng=np.random.default_rng(0))
+    return float(res.pvalue)
 
 
 # ----------------------------------------------------------------------------------------------- text

@@ -46,9 +46,10 @@ class Keys(TaskConfig):
     test_size: int = 25600           # test examples, test_size / n_tasks of each subtask
 
 
-def frequencies(n_tasks: int, exponent: jax.Array | float) -> jax.Array:
-    """p_i proportional to i^-exponent, i = 1 .. n_tasks, normalised (``exponent`` may be traced)."""
-    w = jnp.arange(1, n_tasks + 1, dtype=jnp.float32) ** -jnp.asarray(exponent, jnp.float32)
+def frequencies(n_tasks: int, exponent: jax.Array | float, dtype=jnp.float32) -> jax.Array:
+    """p_i proportional to i^-exponent, i = 1 .. n_tasks, normalised (``exponent`` may be traced); in ``dtype``
+    (float32 for sampling; the test loss's weights take the run's precision, float64 in a float64 run)."""
+    w = jnp.arange(1, n_tasks + 1, dtype=dtype) ** -jnp.asarray(exponent, dtype)
     return w / jnp.sum(w)
 
 
@@ -153,7 +154,7 @@ class SparseParity(Task):
 
     def test_weights(self, m: dict) -> jax.Array:
         """Each test example of subtask i weighs p_i (the member's exact frequency) / its examples of subtask i."""
-        p = frequencies(self.cfg.n_tasks, m["zipf_exponent"])
+        p = frequencies(self.cfg.n_tasks, m["zipf_exponent"], jnp.result_type(float))   # float64 under x64
         return jnp.repeat(p, self.cfg.test_size // self.cfg.n_tasks) / (self.cfg.test_size // self.cfg.n_tasks)
 
     def test_loss(self, losses: jax.Array, m: dict) -> jax.Array:
