@@ -117,6 +117,8 @@ class RunConfig:
     program_seconds: float = 0.0     # bucket cost model: seconds a program costs outside its training loop (0:
                                      # measured once per machine and cached; the saved config records the value used)
     flop_rate: float = 0.0           # bucket cost model: model FLOP/s of the training loop (0: measured likewise)
+    compile_cache: bool = True       # keep compiled programs on disk (sweepjax.engine.compile_cache): a rerun,
+                                     # resume or other-values run of a sweep skips compiling them
     fit_form: str = "power_law"      # form fitted to median final test loss vs width after the run
     bootstrap: int = 1000            # bootstrap resamples (over seeds) for the exponent's interval
     figures: bool = True             # make the study's figures after the run
@@ -179,7 +181,7 @@ UNBOUNDED = ("run.max_padding_waste",)
 BELOW: dict[str, float] = {"train.adam_b1": 1.0, "train.adam_b2": 1.0}
 
 # Keys a resumed run may change (with --allow-change): they do not change any member's numbers.
-RESUME_SAFE_KEYS = ("run.out", "run.fit_form", "run.bootstrap", "run.figures", "run.checkpoint_steps",
+RESUME_SAFE_KEYS = ("run.out", "run.compile_cache", "run.fit_form", "run.bootstrap", "run.figures", "run.checkpoint_steps",
                     "run.checkpoint_minutes", "run.keep_checkpoints", "train.chunk_steps")
 
 # Sweep axis aliases: short name -> full key.

@@ -21,6 +21,12 @@ FIGURES_DIR = "figures"
 CHECKPOINT_DIR = "checkpoints"   # state of an unfinished sweep (removed once its results are saved)
 
 
+def cache_dir() -> Path:
+    """Where sweepjax keeps what it can rebuild but would rather not (measured calibrations, compiled programs,
+    the text corpus): ``$XDG_CACHE_HOME/sweepjax``, ``~/.cache/sweepjax`` by default."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweepjax"
+
+
 def _umask() -> int:
     """The process's umask (read by setting and restoring it)."""
     mask = os.umask(0)

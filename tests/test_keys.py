@@ -149,6 +149,8 @@ EXEMPT = {
                             "test_grid.py::test_cost_settings_leave_results_unchanged"),
     "run.flop_rate": ("size buckets: the cost model's price of padded work",
                       "test_grid.py::test_cost_settings_leave_results_unchanged"),
+    "run.compile_cache": ("compiled programs kept on disk",
+                          "test_compile_cache.py::test_a_second_run_reads_its_programs_back_with_the_same_results"),
     "run.out": ("results directory", _CLI),
     "run.fit_form": ("form of the width fit after the run", _CLI),
     "run.bootstrap": ("resamples of the fit's interval", _CLI),

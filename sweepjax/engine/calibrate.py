@@ -20,7 +20,7 @@ import numpy as np
 
 from sweepjax.config import Config, build_config
 from sweepjax.engine.train import run_group
-from sweepjax.files import atomic_write
+from sweepjax.files import atomic_write, cache_dir
 from sweepjax.grid import Calibration, build_grid
 from sweepjax.models import padded_sizes, tokens_per_step
 
@@ -64,25 +64,29 @@ def measure(name: str, precision: str = "float32") -> Calibration:
     """
     import jax
 
-
     n, narrow, wide, steps = CALIBRATION_REFERENCE[name][1]["cpu" if jax.default_backend() == "cpu" else "accelerator"]
     jax.jit(lambda x: x + 1)(1).block_until_ready()   # backend start-up is no program's cost
     timed = []
-    for width in (narrow, wide):
-        cfg = reference_config(name, width, n, steps, precision)
-        (group,) = build_grid(cfg).groups
-        t0 = time.perf_counter()
-        out = run_group(cfg, group, log=None)
-        wall = time.perf_counter() - t0
-        flops = n * 3.0 * tokens_per_step(cfg) * group.cost(padded_sizes(group.sizes()), steps + 1)
-        timed.append((flops, out.run_s, wall - out.run_s))
+    kept = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", math.inf)   # compiled cold now and next time
+    try:
+        for width in (narrow, wide):
+            cfg = reference_config(name, width, n, steps, precision)
+            (group,) = build_grid(cfg).groups
+            t0 = time.perf_counter()
+            out = run_group(cfg, group, log=None)
+            wall = time.perf_counter() - t0
+            flops = n * 3.0 * tokens_per_step(cfg) * group.cost(padded_sizes(group.sizes()), steps + 1)
+            timed.append((flops, out.run_s, wall - out.run_s))
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", kept)
     (f0, t0, _), (f1, t1, outside) = timed
     return Calibration(outside, (f1 - f0) / (t1 - t0) if t1 > t0 else f1 / t1)
 
 
 def calibration_path() -> Path:
     """Where measured calibrations are kept: ``$XDG_CACHE_HOME/sweepjax/calibration.json`` (``~/.cache`` by default)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweepjax" / "calibration.json"
+    return cache_dir() / "calibration.json"
 
 
 def calibrate(cfg: Config) -> Calibration:
