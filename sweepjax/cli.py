@@ -85,7 +85,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_qdg(args: argparse.Namespace) -> int:
     """QDG on one member: cluster sizes, rank-frequency slope, ARI vs the true subtasks."""
-    from sweepjax.analysis.qdg import parse_members, run_qdg_cli
+    from sweepjax.analysis.qdg import run_qdg_cli
+    from sweepjax.members import parse_members
     try:
         run_qdg_cli(args.dir, parse_members(args.member), args.clusters, args.json, args.plot,
                     n_samples=args.samples, threshold=args.threshold, align_labels=args.align_labels)

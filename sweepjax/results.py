@@ -95,7 +95,8 @@ def counts(grid: Grid) -> dict[str, np.ndarray]:
 
 def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np.ndarray,
                   test: tuple[np.ndarray, np.ndarray] | None = None,
-                  floors: dict[str, np.ndarray] | None = None) -> xr.Dataset:
+                  floors: dict[str, np.ndarray] | None = None,
+                  info: dict[str, str | int | float] | None = None) -> xr.Dataset:
     """Assemble the sweep's Dataset: curves (sweep dims + eval_step), finals, flags, counts.
 
     ``test`` = (x, target, per_member) of the test set (kept with saved predictions; target has the sweep
@@ -103,6 +104,8 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
     loss floors in nats, name -> per-member array of shape ``grid.shape`` (Markov: ``irreducible_loss``,
     the chain's entropy rate, and ``test_bayes_loss``, the true chain's loss on the fixed test set).
     Each is kept as a scalar when all members share it (the usual case), else with the sweep dims.
+    ``info``: the task's facts about its data (:func:`sweepjax.run.task_info`: the text corpus's hash and
+    size), kept as attributes of the Dataset beside ``sweepjax_config``.
     """
     dims = grid.dims
     coords = {dim_name(k): np.asarray([coordinate(x) for x in v]) for k, v in grid.axes.items()}
@@ -163,6 +166,10 @@ def build_dataset(cfg: Config, grid: Grid, outputs: list[GroupOutput], steps: np
             data[f"param.{name}"] = (dims + [f"param.{name}.{i}" for i in range(len(shape))], arr)
     ds = xr.Dataset(data, coords=coords)
     ds.attrs["sweepjax_config"] = to_toml(cfg)
+    for name, value in (info or {}).items():
+        if name in ds.attrs:
+            raise ValueError(f"task info {name!r} would overwrite the results attribute of that name")
+        ds.attrs[name] = value
     ds["final_test_loss"].attrs["description"] = "test loss at each member's own last step (NaN if diverged)"
     ds["best_test_loss"].attrs["description"] = ("lowest test loss over the member's evaluations (early "
                                                  "stopping); NaN for a diverged member")

@@ -281,7 +281,7 @@ def run_sweep(cfg: Config, log: TextIO | None = sys.stderr, *, grid: Grid | None
     wall = time.perf_counter() - t0
     steps = sweep_eval_steps(cfg)
     test = saved_test_set(cfg, grid) if cfg.eval.save_predictions else None
-    ds = results.build_dataset(cfg, grid, outputs, steps, test, task_floors(grid))
+    ds = results.build_dataset(cfg, grid, outputs, steps, test, task_floors(grid), task_info(grid))
     man = results.manifest([o.compile_s for o in outputs], wall, [str(d) for d in jax.devices()])
     return ds, man
 
@@ -341,6 +341,25 @@ def task_floors(grid: Grid) -> dict[str, np.ndarray]:
         for name, value in per_task[key].items():
             floors.setdefault(name, np.full(grid.n_members, np.nan))[g.index] = value
     return {name: v.reshape(grid.shape) for name, v in floors.items()}
+
+
+def task_info(grid: Grid) -> dict[str, str | int | float]:
+    """The tasks' :meth:`sweepjax.tasks.base.Task.info`, name -> value, gathered over the groups' task configs:
+    a value shared by every group that has the name is kept as it is; one that differs between groups becomes
+    a JSON object, each group's structural task keys (``"source=corpus"``) -> its value."""
+    from sweepjax.config import dim_name
+    from sweepjax.tasks import make_task
+    per_group: dict[str, dict] = {}
+    seen: dict[str, dict] = {}
+    for g in grid.groups:
+        key = repr(g.config.task)
+        if key not in seen:
+            seen[key] = make_task(g.config.task).info()
+        label = ", ".join(f"{dim_name(k)}={v}" for k, v in g.structural.items() if k.startswith("task.")) or key
+        for name, value in seen[key].items():
+            per_group.setdefault(name, {})[label] = value
+    return {name: next(iter(v.values())) if len({json.dumps(x) for x in v.values()}) == 1 else json.dumps(v)
+            for name, v in per_group.items()}
 
 
 def analyse(out: Path, ds: xr.Dataset, run_cfg: RunConfig, log: TextIO | None = None,

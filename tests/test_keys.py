@@ -50,6 +50,7 @@ TEACHER = {"task.name": "teacher", "task.teacher_depth": 2, "task.teacher_width"
            **RESIDUAL}
 TEACHER_MSE = {**TEACHER, "task.target": "mse"}
 GRAPH = {"task.name": "graph-walk", "model.family": "transformer", "task.nodes": 12, "task.edges": 20}
+TEXT = {"task.name": "text", "model.family": "transformer"}
 
 # key -> (base where it acts, a non-default value[, keys that must change with it]): the run differs from the base's.
 CHECKED: dict[str, tuple] = {
@@ -73,6 +74,7 @@ CHECKED: dict[str, tuple] = {
     "task.edges": (GRAPH, 30),
     "task.graph_seed": (GRAPH, 1),
     "task.bias": (GRAPH, 1.0),
+    "task.source": (TEXT, "bigram"),
     "model.activation": (MLP, "relu"),
     "model.residual": (MLP, True),
     "model.norm": (RESIDUAL, "rmsnorm"),

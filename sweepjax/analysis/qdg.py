@@ -8,9 +8,9 @@ k-means inits). The cluster sizes, sorted, are the rank-frequency curve of the d
 paper's toy QDG found a log-log slope ~ -1.1). On ``sparse-parity`` the true quanta are the subtasks,
 read from the one-hot part of x, so the clusters are scored with the adjusted Rand index.
 
-A member is rebuilt from a results Dataset saved with ``eval.save_params = true`` (:func:`member_model`):
-the resolved config in ``ds.attrs["sweepjax_config"]``, the member's sweep coordinates applied, its true
-sizes, the module padded to the stored parameter shapes and its trained ``param.*`` values.
+A member is rebuilt from a results Dataset saved with ``eval.save_params = true`` by
+:func:`sweepjax.members.member_model` (re-exported here with :class:`~sweepjax.members.Member`,
+``sweep_config`` and ``parse_members``).
 
 Padded entries of a member's parameters are zero and masked, so their gradients are zero: they add
 nothing to the norms or cosines, and the gradients are those of the member at its true size.
@@ -18,7 +18,6 @@ nothing to the norms or cosines, and the gradients are those of the member at it
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,48 +28,14 @@ import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
-from sweepjax.config import Config, build_config, dim_name, member_keys
+from sweepjax.config import dim_name
+from sweepjax.members import Member, member_model, parse_members, sweep_config
 from sweepjax.results import saved_task
 
-PARAM_PREFIX = "param."
 NULL_DRAWS = 200   # shuffles of the subtask ids for the ARI's chance level
 
 
-# ---- rebuilding one member -------------------------------------------------------------------
-@dataclass(eq=False)   # hashed by identity: its bound ``apply`` is a static jit argument
-class Member:
-    """One trained member of a sweep, rebuilt from its results."""
-    coords: dict[str, Any]        # sweep dim -> coordinate label of the member
-    config: Config                # the member's config (its sweep values applied)
-    sizes: dict[str, int]         # its true sizes (the family's SIZE_KEYS)
-    padded: dict[str, int]        # the sizes the module is padded to (those of the stored parameters)
-    model: Any                    # the flax module
-    params: dict                  # its trained parameters (a pytree, padded shapes)
-
-    def apply(self, params: dict, x: jax.Array) -> jax.Array:
-        """Outputs of the member on a batch ``x``, as the engine computes them."""
-        sizes = {k: jnp.asarray(v, jnp.int32) for k, v in self.sizes.items()}
-        return self.model.apply({"params": params}, x, sizes)
-
-
-def sweep_config(ds: xr.Dataset) -> Config:
-    """The resolved config a results Dataset was made with (``ds.attrs["sweepjax_config"]``)."""
-    text = ds.attrs.get("sweepjax_config")
-    if not text:
-        raise ValueError("these results hold no 'sweepjax_config' attribute (not made by sweepjax.run)")
-    return build_config(tomllib.loads(text), combinations=False)
-
-
-def _parse(value: Any, coord: np.ndarray) -> Any:
-    """A member coordinate given as text (``--member width=64``) in the type of the dim's coordinates."""
-    if not isinstance(value, str) or coord.dtype.kind in "USO":
-        return value
-    try:
-        return tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        return value
-
-
+# ---- the default member ------------------------------------------------------------------
 def default_member(ds: xr.Dataset) -> dict[str, Any]:
     """The widest member of the first coordinates: the largest ``width``, the first value of every other
     sweep dim (seed 0 for the usual seed axis)."""
@@ -81,84 +46,6 @@ def default_member(ds: xr.Dataset) -> dict[str, Any]:
         values = ds[d].values
         out[d] = (values.max() if d == "width" else values[0]).item()
     return out
-
-
-def _member_index(ds: xr.Dataset, cfg: Config, coords: dict[str, Any]) -> dict[str, int]:
-    """Sweep dim -> position of the member's coordinate (every sweep dim must be fixed)."""
-    dims = {dim_name(k): k for k in cfg.sweep}
-    given = {dim_name(k): v for k, v in coords.items()}
-    unknown = sorted(set(given) - set(dims))
-    if unknown:
-        raise ValueError(f"member coordinates {unknown} are not sweep dims (sweep dims: {sorted(dims)})")
-    missing = sorted(set(dims) - set(given))
-    if missing:
-        raise ValueError(f"member coordinates miss sweep dims {missing}: a member is selected by all of "
-                         f"{sorted(dims)}")
-    index = {}
-    for d in dims:
-        labels = ds[d].values
-        value = _parse(given[d], labels)
-        hits = [i for i, v in enumerate(labels.tolist()) if v == value]
-        if not hits:
-            raise ValueError(f"{d} = {given[d]!r} is not a coordinate of the sweep (it has {labels.tolist()})")
-        index[d] = hits[0]
-    return index
-
-
-def _padded_sizes(cfg: Config) -> dict[str, int]:
-    """The largest true size of every size key over the whole sweep: the shapes ``param.*`` are padded to."""
-    from sweepjax.grid import build_grid
-    from sweepjax.models import padded_sizes
-    out: dict[str, int] = {}
-    for group in build_grid(cfg).groups:
-        for k, v in padded_sizes(group.sizes()).items():
-            out[k] = max(out.get(k, 0), v)
-    return out
-
-
-def member_model(ds: xr.Dataset, initial: bool = False, **coords) -> Member:
-    """Rebuild one trained member from results saved with ``eval.save_params = true``.
-
-    ``coords``: the member's coordinate on every sweep dim (``width=64, seed=0``; dotted keys such as
-    ``model.width`` also work). Returns a :class:`Member` (config, true sizes, module, parameters);
-    ``initial``: with its parameters at initialisation (``param.init.*``) instead of trained ones.
-    """
-    from sweepjax.models import dtypes, make_model, member_sizes
-    from sweepjax.tasks import make_task
-    if not any(str(v).startswith(PARAM_PREFIX) for v in ds.data_vars):
-        raise ValueError("these results hold no trained parameters (no 'param.*' variables): run the sweep "
-                         "with eval.save_params = true")
-    cfg = sweep_config(ds)
-    index = _member_index(ds, cfg, coords)
-    values = {k: cfg.sweep[k][index[dim_name(k)]] for k in cfg.sweep}
-    mcfg = cfg.with_values(values)
-    if mcfg.task.name != cfg.task.name:   # pragma: no cover  (refused by build_config)
-        raise ValueError("a sweep trains one task")
-    sizes = member_sizes(mcfg, {k: np.asarray([mcfg.get(k)]) for k in member_keys(mcfg)})
-    sizes = {k: int(np.asarray(v).ravel()[0]) for k, v in sizes.items()}
-    padded = _padded_sizes(cfg)
-    model = make_model(mcfg, padded)
-    dtype = dtypes(mcfg)[0]
-    x0 = make_task(mcfg.task).init_input(dtype)
-    shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x0,
-                                               {k: jnp.int32(v) for k, v in sizes.items()})["params"])
-    sel = {d: i for d, i in index.items()}
-    leaves = []
-    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    for path, leaf in flat:
-        name = PARAM_PREFIX + ("init." if initial else "") + jax.tree_util.keystr(path, simple=True, separator=".")
-        if name not in ds:
-            raise ValueError(f"the results hold no {name!r}: they were saved by another model structure")
-        arr = np.asarray(ds[name].isel(sel).values)
-        if arr.shape != tuple(leaf.shape):
-            raise ValueError(f"{name} is stored with shape {arr.shape}, the rebuilt module (padded to "
-                             f"{padded}) expects {tuple(leaf.shape)}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"member {coords} has non-finite parameters ({name}): it diverged or was not trained")
-        leaves.append(jnp.asarray(arr, leaf.dtype))
-    params = jax.tree_util.tree_unflatten(treedef, leaves)
-    labels = {d: ds[d].values[i].item() for d, i in index.items()}
-    return Member(labels, mcfg, sizes, padded, model, params)
 
 
 # ---- per-sample gradients ---------------------------------------------------------------------
@@ -403,17 +290,6 @@ def run_qdg_cli(results_dir: str | Path, member: dict | None = None, clusters: i
              if np.isfinite(res.ari) else "ARI undefined (one subtask among the kept samples), ") +
           f"rank-frequency slope {res.slope:.2f}; wrote {out_json} and {plot_path}")
     return res
-
-
-def parse_members(items: list[str] | None) -> dict[str, str]:
-    """``["width=64", "seed=0"]`` -> ``{"width": "64", "seed": "0"}`` (values are parsed against the coordinates)."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--member {item!r}: expected key=value")
-        k, v = (s.strip() for s in item.split("=", 1))
-        out[k] = v
-    return out
 
 
 __all__ = ["Member", "QDGResult", "member_model", "default_member", "sweep_config", "per_sample_gradients",

@@ -13,6 +13,7 @@ TASKS: dict[str, str] = {
     "regression-1d": "sweepjax.tasks.regression:Regression1D",
     "markov": "sweepjax.tasks.markov:Markov",
     "graph-walk": "sweepjax.tasks.graph_walk:GraphWalk",
+    "text": "sweepjax.tasks.text:Text",
     "sparse-parity": "sweepjax.tasks.sparse_parity:SparseParity",
     "teacher": "sweepjax.tasks.teacher:Teacher",
 }

@@ -26,6 +26,8 @@ A task is one module with one class deriving from :class:`Task`, named in
 * :meth:`test_set` (fixed, the same for every member), :meth:`test_loss` (how per-example test losses
   combine: the mean, or weights such as per-member task frequencies) and :meth:`floors` (irreducible
   losses when known);
+* :meth:`info`: facts about the task's data that are no loss but that a reader of the results needs (the
+  text corpus's sha256 and size), kept as attributes of the results;
 * ``RECORDS`` / :meth:`records`: what else it measures at every evaluation (name -> dims); a record named
   ``*_loss`` is in the task's loss unit (its ``units`` attribute says so).
 * ``PREDICTIONS`` (:meth:`predictions` where a key changes it): how members' predictions on the test set,
@@ -157,6 +159,12 @@ class Task:
     def floors(self) -> dict[str, float]:
         """Known loss floors in ``LOSS_UNIT``: ``irreducible_loss`` (the best expected test loss) and
         ``test_bayes_loss`` (the best loss on the fixed test set itself), when the task knows them."""
+        return {}
+
+    def info(self) -> dict[str, str | int | float]:
+        """Facts about the task's data kept as attributes of the results (name -> a string or number; e.g. the
+        corpus's ``corpus_sha256``), beside the config: what a reader needs to know what was trained on when
+        the config alone does not pin it. Default: none."""
         return {}
 
     def record_shapes(self) -> dict[str, tuple[int, ...]]:

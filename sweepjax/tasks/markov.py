@@ -51,17 +51,20 @@ from sweepjax.tasks.base import Task
 TEST_FOLD = 2**31 - 1
 
 
-def _cdf_rows(p: np.ndarray) -> np.ndarray:
+def _cdf_rows(p: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
     """Cumulative sums along the last axis, as float32, exactly 1.0 from each row's last nonzero entry on.
 
     With u in [0, 1) the smallest j with cdf[j] > u then always exists and always has p[j] > 0
     (a zero entry repeats the previous cumulative value, so it can never be the first to exceed u).
+    A numpy ``p`` is summed on the host in its own precision (float64 for the chains); a JAX array (a
+    model's next-token probabilities, traced) on the device, with the same result type and rules.
     """
-    cdf = np.cumsum(p, axis=-1)
+    xp = np if isinstance(p, np.ndarray) else jnp
+    cdf = xp.cumsum(p, axis=-1)
     cdf = cdf / cdf[..., -1:]
-    last = p.shape[-1] - 1 - np.argmax(p[..., ::-1] > 0, axis=-1)
-    cols = np.arange(p.shape[-1])
-    cdf = np.where(cols >= last[..., None], 1.0, cdf)
+    last = p.shape[-1] - 1 - xp.argmax(p[..., ::-1] > 0, axis=-1)
+    cols = xp.arange(p.shape[-1])
+    cdf = xp.where(cols >= last[..., None], 1.0, cdf)
     return cdf.astype(np.float32)
 
 
@@ -113,7 +116,8 @@ class ChainTask(Task):
     ``markov`` and ``graph-walk`` share (the module docstring's "The data"). A subclass builds its chain in
     ``__init__`` (setting ``self._test = None``) and provides :meth:`sample` (device), :meth:`log_prob` (host,
     float64), :meth:`entropy_rate`, ``vocab``, :meth:`model_io`, and ``SEED_KEY``: its key that seeds the chain
-    and the test set. Config keys ``context`` (tokens seen per sequence) and the TaskConfig ones are assumed."""
+    and the test set (or its own :meth:`test_key`). :class:`DenseChain` provides all but ``model_io`` and the
+    seed for a chain given as a dense matrix. Config keys ``context`` (tokens seen per sequence) and the TaskConfig ones are assumed."""
     FAMILIES = ("transformer",)
     LOSS_UNIT = "nats"
     SEED_KEY = "chain_seed"
@@ -153,16 +157,19 @@ class ChainTask(Task):
         seq = jax.vmap(lambda k: self.sample(k, 1)[0])(keys)
         return seq[:, :-1], seq[:, 1:]
 
+    def test_key(self) -> jax.Array:
+        """The key of the fixed test set: ``fold_in(key(seed), TEST_FOLD)``, seed the value of the task's
+        ``SEED_KEY`` (markov's chain_seed, graph-walk's graph_seed), the same for every member."""
+        return jax.random.fold_in(jax.random.key(getattr(self.cfg, self.SEED_KEY)), TEST_FOLD)
+
     def test_set(self, dtype) -> tuple[jax.Array, jax.Array]:
-        """The fixed test sequences: (x, y), each (test_size, context) int32, from a key of the task's seed alone
-        (``SEED_KEY``: markov's chain_seed, graph-walk's graph_seed).
+        """The fixed test sequences: (x, y), each (test_size, context) int32, from :meth:`test_key`.
 
         Drawn once (eagerly, even when called while tracing) and kept on the host; later calls reuse them.
         """
         if self._test is None:
             with jax.ensure_compile_time_eval():
-                key = jax.random.fold_in(jax.random.key(getattr(self.cfg, self.SEED_KEY)), TEST_FOLD)
-                seq = np.asarray(self.sample(key, self.cfg.test_size))
+                seq = np.asarray(self.sample(self.test_key(), self.cfg.test_size))
             self._test = seq
         seq = jnp.asarray(self._test)
         return seq[:, :-1], seq[:, 1:]
@@ -188,6 +195,48 @@ class ChainTask(Task):
         return cross_entropy(outputs, y)
 
 
+class DenseChain(ChainTask):
+    """A :class:`ChainTask` whose chain is a dense V x V transition matrix on the host: a subclass builds P and
+    its stationary distribution pi (float64) and hands them to :meth:`set_chain`, which derives the entropy
+    rate, ln P and the float32 CDFs of the device sampler (``markov`` draws P at random; ``text``'s bigram
+    source counts it from a corpus)."""
+
+    def set_chain(self, p: np.ndarray, pi: np.ndarray) -> None:
+        """Use the chain P ((V, V), rows summing to 1) with stationary distribution pi ((V,), pi P = pi)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            row_entropy = -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+        self._p, self._pi = p, pi
+        self._entropy_rate = float(np.dot(pi, row_entropy))
+        self._cdf, self._cdf0 = _cdf_rows(p), _cdf_rows(pi)
+        self._test = None
+
+    @property
+    def vocab(self) -> int:
+        """Number of tokens V."""
+        return self._p.shape[0]
+
+    def transition_matrix(self) -> np.ndarray:
+        """P, (V, V) float64: P[i, j] = Pr(x_{t+1} = j | x_t = i); rows sum to 1 (a copy)."""
+        return self._p.copy()
+
+    def stationary(self) -> np.ndarray:
+        """pi, (V,) float64: the stationary distribution (pi P = pi), also the law of every x_t (a copy)."""
+        return self._pi.copy()
+
+    def entropy_rate(self) -> float:
+        """sum_i pi_i H(P_i) in nats per token: the irreducible (Bayes-optimal) test loss."""
+        return self._entropy_rate
+
+    def log_prob(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """ln P[x, y] elementwise (host, float64; -inf where P = 0) for token arrays of one shape."""
+        with np.errstate(divide="ignore"):
+            return np.log(self._p[x, y])
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """n stationary sequences, (n, context + 1) int32: x_0 ~ pi, x_{t+1} ~ P[x_t]; jit/vmap-safe."""
+        return _sample(jnp.asarray(self._cdf), jnp.asarray(self._cdf0), key, n, self.context)
+
+
 @dataclass
 class Keys(TaskConfig):
     """Config keys of ``markov`` (batch_size and test_size count sequences)."""
@@ -198,7 +247,7 @@ class Keys(TaskConfig):
     temperature: float = 1.0         # rows are softmax(N(0, 1) / temperature): small = near-deterministic
 
 
-class Markov(ChainTask):
+class Markov(DenseChain):
     """Next-token prediction on sequences of a random Markov chain over V tokens (see the module docstring)."""
     Keys = Keys
     MINIMUM = {"task.vocab": (2, True), "task.context": (1, True), "task.chain_seed": (0, True),
@@ -233,48 +282,14 @@ class Markov(ChainTask):
         b[-1] = 1.0
         pi = np.linalg.lstsq(a, b, rcond=None)[0]
         pi = np.clip(pi, 0.0, None)
-        pi = pi / pi.sum()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            row_entropy = -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
-        self._p, self._pi, self._k = p, pi, k
-        self._entropy_rate = float(np.dot(pi, row_entropy))
-        self._cdf, self._cdf0 = _cdf_rows(p), _cdf_rows(pi)
-        self._test = None
-
-    # ---- the chain (host, float64) ------------------------------------------------------------
-    @property
-    def vocab(self) -> int:
-        """Number of tokens V."""
-        return int(self.cfg.vocab)
+        self._k = k
+        self.set_chain(p, pi / pi.sum())
 
     @property
     def kept_per_row(self) -> int:
         """Nonzero entries per row of the transition matrix, k = max(1, round((1 - sparsity) * V))."""
         return self._k
 
-    def transition_matrix(self) -> np.ndarray:
-        """P, (V, V) float64: P[i, j] = Pr(x_{t+1} = j | x_t = i); rows sum to 1 (a copy)."""
-        return self._p.copy()
-
-    def stationary(self) -> np.ndarray:
-        """pi, (V,) float64: the stationary distribution (pi P = pi), also the law of every x_t (a copy)."""
-        return self._pi.copy()
-
-    def entropy_rate(self) -> float:
-        """sum_i pi_i H(P_i) in nats per token: the irreducible (Bayes-optimal) test loss."""
-        return self._entropy_rate
-
-    def log_prob(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """ln P[x, y] elementwise (host, float64; -inf where P = 0) for token arrays of one shape."""
-        with np.errstate(divide="ignore"):
-            return np.log(self._p[x, y])
-
-    # ---- sampling (device) --------------------------------------------------------------------
-    def sample(self, key: jax.Array, n: int) -> jax.Array:
-        """n stationary sequences, (n, context + 1) int32: x_0 ~ pi, x_{t+1} ~ P[x_t]; jit/vmap-safe."""
-        return _sample(jnp.asarray(self._cdf), jnp.asarray(self._cdf0), key, n, self.context)
-
     @classmethod
     def model_io(cls, keys: TaskConfig) -> dict[str, int]:
         return {"vocab": keys.vocab, "context": keys.context}
-

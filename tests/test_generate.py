@@ -1,0 +1,169 @@
+"""Trained members as generators (issue 15): reloading a saved member bitwise (sweepjax.members) and sampling
+sequences from it on the device (sweepjax.generate), checked against the generator's own probabilities."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import sweepjax
+from sweepjax.generate import sample
+from sweepjax.members import load_member, member_model, parse_member
+from sweepjax.tasks import make_task
+
+V, T = 8, 8
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny generator sweep (depth 1 and 2) saved with its parameters: (results directory, in-memory Dataset)."""
+    out = tmp_path_factory.mktemp("generators")
+    ds = sweepjax.run({
+        "task": {"name": "markov", "vocab": V, "context": T, "batch_size": 32, "test_size": 64, "sparsity": 0.5},
+        "model": {"family": "transformer", "width": 16, "heads": 2},
+        "train": {"steps": 100, "chunk_steps": 100, "lr": 1e-2},
+        "eval": {"save_params": True, "points": 2},
+        "sweep": {"model.depth": [1, 2]},
+    }, out=out, progress=False)
+    return out, ds
+
+
+def _probabilities(m, tokens: jax.Array, temperature: float = 1.0) -> np.ndarray:
+    """The generator's next-token distributions on sampled tokens by ONE teacher-forced forward pass, (n, T, V)."""
+    logits = m.apply(m.params, tokens[:, :-1]).astype(jnp.float32)
+    return np.asarray(jax.nn.softmax(logits / temperature, axis=-1), np.float64)
+
+
+def _grouped_chi2(tokens: np.ndarray, p: np.ndarray) -> tuple[float, int]:
+    """Chi-square of the drawn next tokens against their probabilities ``p`` (n, T, V), the draws grouped by the
+    previous token: per group, the counts minus the summed probabilities, in the metric of their covariance
+    sum(diag(p) - p p^T) (the last token dropped: the counts sum to the group size). (statistic, dof)."""
+    prev, nxt = tokens[:, :-1].ravel(), tokens[:, 1:].ravel()
+    p = p.reshape(-1, p.shape[-1])
+    stat, dof = 0.0, 0
+    for g in np.unique(prev):
+        pg, xg = p[prev == g], nxt[prev == g]
+        d = (np.bincount(xg, minlength=p.shape[1]) - pg.sum(0))[:-1]
+        cov = (np.diag(pg.sum(0)) - pg.T @ pg)[:-1, :-1]
+        stat += float(d @ np.linalg.solve(cov, d))
+        dof += len(d)
+    return stat, dof
+
+
+def test_a_saved_member_reloads_bitwise_and_reproduces_its_test_loss(trained):
+    out, ds = trained
+    disk = sweepjax.load(out)
+    losses = {}
+    for depth in (1, 2):
+        m = load_member(out, depth=depth)
+        assert m.coords == {"depth": depth} and m.sizes["depth"] == depth and m.padded["depth"] == 2
+        flat = jax.tree_util.tree_flatten_with_path(m.params)[0]
+        assert len(flat) == sum(1 for v in ds.data_vars if v.startswith("param.") and not v.startswith("param.init."))
+        for path, leaf in flat:
+            name = "param." + jax.tree_util.keystr(path, simple=True, separator=".")
+            trained_value = ds[name].sel(depth=depth).values          # as the engine returned it, never on disk
+            assert np.asarray(leaf).dtype == trained_value.dtype
+            assert np.array_equal(np.asarray(leaf), trained_value), name
+            assert np.array_equal(np.asarray(leaf), disk[name].sel(depth=depth).values), name
+        task = make_task(m.config.task)
+        x, y = task.test_set(jnp.float32)
+        losses[depth] = float(jnp.mean(task.losses(m.apply(m.params, x), y, {})))
+        np.testing.assert_allclose(losses[depth], float(ds.final_test_loss.sel(depth=depth)), rtol=1e-5)
+    # the two generators differ by far more than the tolerance: a member mix-up would fail above
+    assert abs(losses[1] - losses[2]) > 1e-3, losses
+    # a saved generator samples exactly as the one in memory
+    a = sample(load_member(out, **parse_member("depth=2")), jax.random.key(3), 16, T)
+    b = sample(member_model(ds, depth=2), jax.random.key(3), 16, T)
+    for u, v in zip(a, b):
+        assert np.array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_sampled_tokens_follow_the_generators_probabilities(trained):
+    out, _ = trained
+    m = load_member(out, depth=2)
+    key = jax.random.key(0)
+    tokens, entropy, log_prob = sample(m, key, 2000, T)
+    assert tokens.shape == (2000, T + 1) and tokens.dtype == jnp.int32
+    assert entropy.shape == log_prob.shape == (2000, T) and entropy.dtype == log_prob.dtype == jnp.float32
+    tokens = np.asarray(tokens)
+    assert tokens.min() >= 0 and tokens.max() < V
+    # step-by-step sampling saw the same distributions as one teacher-forced pass over the finished sequences
+    p = _probabilities(m, jnp.asarray(tokens))
+    drawn = np.take_along_axis(p, tokens[:, 1:, None], axis=2)[..., 0]
+    np.testing.assert_allclose(np.asarray(log_prob), np.log(drawn), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(entropy), -np.sum(p * np.log(p), axis=-1), atol=2e-5)
+    # every position, grouped by the previous token: the draws follow p (and not p at temperature 1 when hot)
+    stat, dof = _grouped_chi2(tokens, p)
+    assert stats.chi2.sf(stat, dof) > 1e-3, (stat, dof)
+    hot = np.asarray(sample(m, key, 2000, T, temperature=2.0)[0])
+    stat, dof = _grouped_chi2(hot, _probabilities(m, jnp.asarray(hot)))
+    assert stats.chi2.sf(stat, dof) < 1e-6, (stat, dof)
+    stat, dof = _grouped_chi2(hot, _probabilities(m, jnp.asarray(hot), temperature=2.0))
+    assert stats.chi2.sf(stat, dof) > 1e-3, (stat, dof)
+    # a fixed prefix: x_0 = i from a one-hot start, x_1 counted against the softmax at that prefix (Pearson)
+    for i in (0, 5):
+        start = np.eye(V)[i]
+        cold, hot = (np.asarray(sample(m, jax.random.key(i + 1), 4000, 1, temperature=t, start=start)[0])
+                     for t in (1.0, 2.0))
+        assert np.all(cold[:, 0] == i)
+        q = np.asarray(jax.nn.softmax(m.apply(m.params, jnp.full((1, 1), i, jnp.int32))[0, 0]), np.float64)
+        q = q / q.sum()
+        assert stats.chisquare(np.bincount(cold[:, 1], minlength=V), 4000 * q).pvalue > 1e-3
+        assert stats.chisquare(np.bincount(hot[:, 1], minlength=V), 4000 * q).pvalue < 1e-6
+
+
+def test_mean_surprisal_matches_mean_entropy_and_sampling_is_reproducible(trained):
+    out, _ = trained
+    m = load_member(out, depth=1)
+    key = jax.random.key(7)
+    for temperature in (1.0, 0.5):
+        _, entropy, log_prob = (np.asarray(a, np.float64) for a in sample(m, key, 3000, T, temperature))
+        per_sequence = np.mean(-log_prob - entropy, axis=1)              # independent across sequences
+        se = per_sequence.std(ddof=1) / np.sqrt(len(per_sequence))
+        assert abs(per_sequence.mean()) < 4 * se, (temperature, per_sequence.mean(), se)
+    # the floor estimate lies between 0 and ln V, and a colder generator has less entropy
+    floor = float(np.mean(sample(m, key, 3000, T)[1]))
+    assert 0 < float(np.mean(entropy)) < floor < np.log(V)
+    # sequence i depends on (key, i) alone: not on n nor on the chunking
+    full = sample(m, key, 30, T)
+    chunked = sample(m, key, 30, T, chunk=7)
+    first = sample(m, key, 10, T)
+    for a, b, c in zip(full, chunked, first):
+        assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(np.asarray(a)[:10], np.asarray(c))
+    assert not np.array_equal(np.asarray(full[0]), np.asarray(sample(m, jax.random.key(8), 30, T)[0]))
+
+
+def test_bad_selectors_and_requests_are_refused(trained):
+    out, ds = trained
+    assert parse_member("depth=2, seed = 0") == {"depth": "2", "seed": "0"} and parse_member(" ") == {}
+    with pytest.raises(ValueError, match="expected dim=value"):
+        parse_member("depth2")
+    with pytest.raises(ValueError, match="given twice"):
+        parse_member("depth=1,depth=2")
+    with pytest.raises(ValueError, match=r"ambiguous.*depth: \[1, 2\]"):
+        load_member(out)
+    with pytest.raises(ValueError, match=r"not a coordinate.*\[1, 2\]"):
+        load_member(out, depth=3)
+    with pytest.raises(ValueError, match=r"not sweep dims.*depth: \[1, 2\]"):
+        load_member(out, depth=1, width=16)
+    with pytest.raises(ValueError, match="save_params"):
+        load_member(ds.drop_vars([v for v in ds.data_vars if v.startswith("param.")]), depth=1)
+    with pytest.raises(FileNotFoundError):
+        load_member(out / "nothing", depth=1)
+    m = load_member(out, **parse_member("depth=1"))
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=f"trained on {T} positions"):
+        sample(m, key, 4, T + 1)
+    with pytest.raises(ValueError, match="trained on"):
+        sample(m, key, 4, 0)
+    with pytest.raises(ValueError, match="temperature"):
+        sample(m, key, 4, T, temperature=0.0)
+    with pytest.raises(ValueError, match="start"):
+        sample(m, key, 4, T, start=np.ones(V + 1))
+    with pytest.raises(ValueError, match="start"):
+        sample(m, key, 4, T, start=np.zeros(V))
+    # a shorter context is allowed: the generator sees only positions it was trained on
+    tokens, entropy, _ = sample(m, key, 4, 3)
+    assert tokens.shape == (4, 4) and entropy.shape == (4, 3)

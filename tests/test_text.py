@@ -1,0 +1,211 @@
+"""The stdlib-docstring corpus (sweepjax.corpus) and the ``text`` task's sources (issue 15)."""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+from scipy import stats
+
+from sweepjax import corpus
+from sweepjax.config import ConfigError, build_config
+from sweepjax.run import run
+from sweepjax.tasks.text import BigramSource, CorpusSource, Text, bigram_chain, window_counts
+
+
+def text_task(**keys) -> Text:
+    raw = {"task": {"name": "text", "context": 16, "batch_size": 8, "test_size": 64, **keys},
+           "model": {"family": "transformer"}, "train": {"steps": 10}}
+    return Text(build_config(raw).task)
+
+
+def test_corpus_build_is_deterministic(tmp_path, monkeypatch):
+    """Built from the stdlib into an empty cache, then read back from that cache: the same bytes as this
+    process's corpus (cached in memory)."""
+    data = corpus.build_corpus()
+    first = hashlib.sha256(data).hexdigest()
+    path = tmp_path / "corpus.bin"
+    built = corpus.load_or_build(path)                  # parsed from the stdlib, then cached on disk
+    assert hashlib.sha256(built).hexdigest() == first and path.is_file()
+    assert hashlib.sha256(corpus.load_or_build(path)).hexdigest() == first     # read back from the disk cache
+    info = corpus.corpus_info()
+    assert info["corpus_sha256"] == first and info["corpus_bytes"] == len(data)
+    assert 1_000_000 < len(data) < 3_000_000 and 5000 < info["corpus_documents"] < 12000
+    assert info["corpus_documents"] == data.count(corpus.SEPARATOR) == len(corpus.documents())
+    # The disk cache is under $XDG_CACHE_HOME, one file per interpreter.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert corpus.cache_path().parent == tmp_path / "sweepjax" and corpus.cache_path().name.startswith("corpus-")
+
+
+def test_corrupted_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
+    builds = []
+    monkeypatch.setattr(corpus, "build", lambda: builds.append(1) or b"doc one\x00doc two\x00")
+    path = tmp_path / "sub" / "corpus.bin"
+    assert corpus.load_or_build(path) == b"doc one\x00doc two\x00" and len(builds) == 1
+    blob = bytearray(path.read_bytes())
+    blob[-3] ^= 1                                       # one flipped bit in the cached corpus
+    path.write_bytes(bytes(blob))
+    assert corpus.load_or_build(path) == b"doc one\x00doc two\x00" and len(builds) == 2   # detected: rebuilt
+    assert path.read_bytes() != bytes(blob)            # and rewritten
+    assert corpus.load_or_build(path) == b"doc one\x00doc two\x00" and len(builds) == 2   # the intact file is used
+    path.write_bytes(path.read_bytes()[:-4])            # truncated
+    assert corpus.load_or_build(path) == b"doc one\x00doc two\x00" and len(builds) == 3
+    path.write_bytes(b"garbage")                       # no header at all
+    assert corpus.load_or_build(path) == b"doc one\x00doc two\x00" and len(builds) == 4
+
+
+def test_documents_are_docstrings_parsed_not_imported():
+    source = b'"""Module doc."""\nimport sys\nsys.exit(3)\nclass A:\n    """Class doc.\n\n    More."""\n' \
+             b'    def f(self):\n        """  """\n    async def g(self):\n        """Async doc \\x00 here."""\n'
+    assert corpus.docstrings(source) == ["Module doc.", "Class doc.\n\nMore.", "Async doc \x00 here."]
+    assert corpus.document("Async doc \x00 here.") == b"Async doc \\x00 here."     # NUL stays the separator
+    assert corpus.document("lone \udc80") == b"lone \\udc80"
+
+
+def test_tokenizer_round_trips():
+    raw = np.random.default_rng(0).integers(0, 256, 5000).astype(np.uint8).tobytes() + bytes(range(256))
+    tokens = corpus.encode(raw)
+    assert tokens.dtype == np.uint8 and len(tokens) == len(raw) and corpus.decode(tokens) == raw
+    text = "naïve café — 漢字 🐍 \x00 end"
+    assert corpus.decode(corpus.encode(text)).decode("utf-8") == text
+    assert len(corpus.encode(text)) == len(text.encode("utf-8")) > len(text)     # bytes, not characters
+    assert corpus.decode(corpus.encode(text).astype(np.int32)) == text.encode()  # any integer dtype
+    with pytest.raises(ValueError):
+        corpus.decode([0, 256])
+
+
+def test_split_holds_out_whole_documents():
+    docs = corpus.documents()
+    train, test = corpus.split()
+    train_docs, test_docs = corpus.documents(train), corpus.documents(test)
+    assert not set(train_docs) & set(test_docs)
+    assert Counter(train_docs) + Counter(test_docs) == Counter(docs)
+    assert 0.05 < len(test_docs) / len(docs) < 0.11
+    assert all(corpus.is_test(d) for d in test_docs) and not any(corpus.is_test(d) for d in train_docs[:500])
+
+
+# ---- the bigram source -----------------------------------------------------------------------------
+
+def test_bigram_chain_is_exactly_stationary_with_the_formula_entropy_rate():
+    train = corpus.split()[0]
+    p, pi = bigram_chain(train)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
+    assert np.abs(pi @ p - pi).max() < 1e-12
+    # The entropy rate from pair counts taken another way: -(1/N) sum_ij C_ij ln(C_ij / n_i).
+    pairs = Counter(zip(train, train[1:] + train[:1]))
+    firsts = Counter(train)
+    h = -sum(c * np.log(c / firsts[i]) for (i, _), c in pairs.items()) / len(train)
+    t = text_task(source="bigram")
+    assert t.source.entropy_rate() == pytest.approx(h, rel=1e-12)
+    assert t.floors()["irreducible_loss"] == t.source.entropy_rate()
+    np.testing.assert_array_equal(t.source.stationary(), pi)
+
+
+def test_bigram_samples_match_the_chain():
+    """Device samples: the mean -ln P over sampled transitions is the entropy rate (Monte Carlo, within 4 standard
+    errors of independent sequences), and transition counts out of the most visited bytes follow P (chi-square)."""
+    src = text_task(source="bigram", context=64).source
+    seqs = np.asarray(jax.jit(lambda k: src.sample(k, 4000))(jax.random.key(5)))
+    assert seqs.shape == (4000, 65) and seqs.dtype == np.int32
+    x, y = seqs[:, :-1], seqs[:, 1:]
+    nll = -src.log_prob(x, y).mean(axis=1)
+    se = nll.std(ddof=1) / np.sqrt(len(nll))
+    assert abs(nll.mean() - src.entropy_rate()) < 4 * se and se < 0.01
+    p = src.transition_matrix()
+    rows = np.argsort(-src.stationary())[:8]
+    pvals = []
+    for i in rows:
+        counts = np.bincount(y[x == i], minlength=256)
+        keep = p[i] * counts.sum() >= 5                  # cells with expected counts >= 5, the rest pooled
+        observed = np.append(counts[keep], counts[~keep].sum())
+        expected = np.append(p[i, keep], p[i, ~keep].sum()) * counts.sum()
+        pvals.append(stats.chisquare(observed[expected > 0], expected[expected > 0]).pvalue)
+    assert min(pvals) * len(pvals) > 1e-3
+    # Power: the same counts against a chain with one row's two largest entries swapped are rejected.
+    i = rows[0]
+    j, k = np.argsort(-p[i])[:2]
+    counts = np.bincount(y[x == i], minlength=256)
+    swapped = p[i].copy()
+    swapped[[j, k]] = swapped[[k, j]]
+    assert stats.chisquare(counts[[j, k]], swapped[[j, k]] / swapped[[j, k]].sum() * counts[[j, k]].sum()).pvalue < 1e-6
+
+
+def test_bigram_test_set_and_floor():
+    t = text_task(source="bigram")
+    x, y = (np.asarray(a) for a in t.test_set(jnp.float32))
+    assert x.shape == y.shape == (64, 16) and np.array_equal(x[:, 1:], y[:, :-1])
+    assert t.floors()["test_bayes_loss"] == pytest.approx(-np.mean(np.log(t.source.transition_matrix()[x, y])), rel=1e-12)
+    np.testing.assert_array_equal(text_task(source="bigram", batch_size=3).test_set(jnp.float32)[0], x)
+    assert isinstance(t.source, BigramSource)
+
+
+# ---- the corpus source -----------------------------------------------------------------------------
+
+def test_corpus_windows_one_epoch_within_the_split():
+    t = text_task(context=64, batch_size=16)
+    src = t.source
+    assert isinstance(src, CorpusSource) and t.floors() == {}
+    n = src.n_windows
+    assert n == window_counts(64)[0] == len(corpus.split()[0]) // 65
+    steps = n // 16
+    index = np.asarray(jax.jit(jax.vmap(lambda s: src.window_index(jax.random.key(3), s)))(jnp.arange(steps)))
+    assert len(np.unique(index)) == steps * 16 and index.min() >= 0 and index.max() < n   # no window twice
+    other = np.asarray(src.window_index(jax.random.key(4), 0))
+    assert not np.array_equal(other, index[0])           # another data seed, another order
+    x, y = (np.asarray(a) for a in t.train_batch(jax.random.key(3), jnp.asarray(2), {}, jnp.float32))
+    assert x.shape == y.shape == (16, 64) and x.dtype == np.int32 and np.array_equal(x[:, 1:], y[:, :-1])
+    train, test = corpus.split()
+    for row, i in zip(np.concatenate([x, y[:, -1:]], axis=1), index[2]):
+        assert corpus.decode(row) == train[i * 65:(i + 1) * 65]
+    # Test windows are cut from the test split alone: every whole document in one is a test document, and
+    # no train window holds one.
+    tx, ty = (np.asarray(a) for a in t.test_set(jnp.float32))
+    assert tx.shape == (64, 64)
+    for row in np.concatenate([tx, ty[:, -1:]], axis=1):
+        text = corpus.decode(row)
+        assert text in test
+        assert all(corpus.is_test(d) for d in text.split(corpus.SEPARATOR)[1:-1])
+    whole = [d for row in src._train[:2000] for d in corpus.decode(row).split(corpus.SEPARATOR)[1:-1]]
+    assert whole and not any(corpus.is_test(d) for d in whole)
+    ex, ey = t.examples(jax.random.split(jax.random.key(0), 5), {}, jnp.float32)
+    assert ex.shape == (5, 64) and np.array_equal(ex[:, 1:], ey[:, :-1])
+
+
+@pytest.mark.parametrize("keys,message", [
+    ({"task.source": "poetry"}, "task.source = 'poetry': allowed: 'corpus', 'bigram'"),
+    ({"train.steps": 20000}, "train.steps = 20000 with task.batch_size = 8 and task.source = 'corpus': one epoch"),
+    ({"task.test_size": 10000}, "task.test_size = 10000 with task.source = 'corpus' and task.context = 16"),
+])
+def test_bad_keys_are_refused(keys, message):
+    base = {"task.name": "text", "task.context": 16, "task.batch_size": 8, "model.family": "transformer"}
+    with pytest.raises(ConfigError) as err:
+        build_config({}, list({**base, **keys}.items()))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    n = window_counts(16)[0]
+    build_config({}, list({**base, "train.steps": n // 8}.items()))                # a whole epoch is allowed
+    build_config({}, list({**base, "train.steps": 20000, "task.source": "bigram"}.items()))   # no limit to sample
+
+
+# ---- a sweep ---------------------------------------------------------------------------------------
+
+def test_sweep_over_sources_records_the_corpus(tmp_path):
+    config = {"task": {"name": "text", "context": 16, "batch_size": 16, "test_size": 64},
+              "model": {"family": "transformer", "depth": 2, "heads": 2},
+              "train": {"steps": 40, "chunk_steps": 40, "lr": 1e-2}, "eval": {"points": 2},
+              "run": {"bootstrap": 10, "figures": False},
+              "sweep": {"task.source": ["corpus", "bigram"], "model.width": [8, 16]}}
+    ds = run(config, out=tmp_path / "out", progress=False)
+    saved = xr.open_dataset(tmp_path / "out" / "results.nc")
+    for d in (ds, saved):
+        assert d.attrs["corpus_sha256"] == hashlib.sha256(corpus.build_corpus()).hexdigest()
+        assert d.attrs["corpus_bytes"] == len(corpus.build_corpus()) and d.attrs["tokenizer"].startswith("bytes")
+    final = ds["final_test_loss"]
+    assert np.all(np.isfinite(final.values)) and np.all(final.values < np.log(256))
+    bayes = ds["test_bayes_loss"]
+    assert np.isnan(bayes.sel(source="corpus")).all()           # no floor for the text itself
+    assert np.all(final.sel(source="bigram") >= bayes.sel(source="bigram") - 0.01)
+    assert (tmp_path / "out" / "language.json").is_file()
