@@ -38,12 +38,13 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import os
 import sys
 import sysconfig
 from pathlib import Path
 
 import numpy as np
+
+from sweepjax.files import atomic_write, cache_dir
 
 SEPARATOR = b"\x00"        # end of each document
 EXCLUDED = frozenset({"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packages", "dist-packages",
@@ -100,7 +101,7 @@ def build(root: Path | None = None) -> bytes:
 def cache_path() -> Path:
     """The disk cache of this interpreter's corpus: ``$XDG_CACHE_HOME/sweepjax/corpus-<key>.bin``."""
     key = hashlib.sha256(f"{sys.version}\n{stdlib_path()}".encode()).hexdigest()[:16]
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweepjax" / f"corpus-{key}.bin"
+    return cache_dir() / f"corpus-{key}.bin"
 
 
 def _read_cache(path: Path) -> bytes | None:
@@ -117,7 +118,6 @@ def _read_cache(path: Path) -> bytes | None:
 
 def _write_cache(path: Path, data: bytes) -> None:
     """Write the corpus with its sha256 header, atomically; an unwritable cache only means building again."""
-    from sweepjax.files import atomic_write
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         header = _MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n"
