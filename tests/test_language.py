@@ -247,3 +247,165 @@ def test_analyse_writes_json_and_figures(tmp_path):
     assert "muP vs SP" in text and "compute-optimal" in text and "fit sensitivity" in text
     # the figures can be drawn again from the JSON
     assert len(lang.make_figures(out, tmp_path / "again")) == 7
+
+
+# ------------------------------------------------------------------------------------------ review defects
+
+def test_fully_diverged_slices_report_no_data():
+    """A parameterization whose every member diverged, then every member of the sweep: "no data", no crash."""
+    c = combined(widths=WIDTHS[::2], steps=STEPS[::3], lrs=LRS[1:3], seeds=2)
+    c["diverged"].loc[dict(parameterization="sp")] = True
+    c["final_test_loss"].loc[dict(parameterization="sp")] = np.nan
+    s = lang.summarize(c, n_boot=10)
+    sp = [fr for fr in s["frontier"] if fr["slice"]["parameterization"] == "sp"]
+    assert len(sp) == 4 and all("no data" in fr["envelope"]["note"] and "no data" in fr["isoflop"]["note"] for fr in sp)
+    assert "no data" in lang.describe(s)
+    c["diverged"][:] = True
+    c["final_test_loss"][:] = np.nan
+    s = lang.summarize(c, n_boot=10)
+    assert all(r["alpha"] is None for r in s["n_scaling"]) and all("no data" in fr["note"] for fr in s["frontier"])
+    json.dumps(lang.to_json(s), allow_nan=False)
+    lang.describe(s)
+
+
+def test_no_interval_from_two_runs_and_coarse_intervals_flagged():
+    """2 runs: no interval (the median has 3 distinct resamples); 3 runs: an interval flagged coarse, which the
+    sensitivity-vs-bootstrap ratio does not divide by."""
+    (two,) = lang.n_scaling(sweep(B=1e-9, steps=STEPS[-2:], seeds=2), n_boot=40)
+    assert two["alpha"] is not None and two["alpha_ci"] is None and "fewer than 3" in two["ci_note"]
+    ds = sweep(B=1e-9, steps=STEPS[-2:], seeds=3)
+    s = lang.summarize(ds, n_boot=40)
+    (three,) = s["n_scaling"]
+    assert three["alpha_ci"] is not None and three["ci_coarse"] and three["ci_distinct"]["alpha"] < 10
+    (sens,) = s["sensitivity"]["summary"]
+    assert sens["spread_over_ci"] is None and "coarse" in sens["spread_over_ci_note"]
+    text = lang.describe(s)
+    assert "coarse interval" in text and "no spread / interval ratio" in text
+    assert "fewer than 3" in lang.describe(lang.summarize(sweep(B=1e-9, steps=STEPS[-2:], seeds=2), n_boot=10))
+
+
+def test_sensitivity_says_when_the_window_could_not_vary():
+    ds = sweep(widths=WIDTHS[:4], B=1e-9, steps=STEPS[-2:], lrs=LRS[2:3], seeds=1)
+    (s,) = lang.sensitivity(ds, n_boot=0)["summary"]
+    assert s["window_varied"] is False and s["n_windows"] == 1 and s["window_range"] is None
+    assert "could not vary" in s["window_note"]
+    assert "could not vary" in lang.describe(lang.summarize(ds, n_boot=0))
+    (s,) = lang.sensitivity(sweep(widths=WIDTHS[:5], B=1e-9, steps=STEPS[-2:], lrs=LRS[2:3], seeds=1), n_boot=0)["summary"]
+    assert s["window_varied"] and s["n_windows"] == 3
+
+
+def test_a_single_lr_is_reported_as_not_tuned():
+    s = lang.summarize(sweep(widths=WIDTHS[::2], steps=STEPS[::4], lrs=LRS[2:3], seeds=1), n_boot=0)
+    text = lang.describe(s)
+    assert s["lr"]["single"] == LRS[2] and "lr not tuned" in text and "best lr per (N, D) over" not in text
+
+
+def test_mup_vs_sp_with_one_parameterization_has_no_contrast(tmp_path):
+    ds = combined(widths=WIDTHS[::2], steps=STEPS[::4], lrs=LRS[1:3], seeds=1).sel(parameterization=["sp"], bias=[0.0])
+    s = lang.summarize(ds, n_boot=0)
+    (m,) = s["mup_vs_sp"]
+    assert m["contrast"] is False and m["lower"] == [] and "only parameterization 'sp'" in m["note"]
+    assert "no muP-vs-SP contrast" in lang.describe(s)
+    assert "language_mup_sp.png" not in {p.name for p in lang.make_figures(lang.to_json(s), tmp_path)}
+
+
+def test_headline_window_needs_enough_falling_sizes():
+    w = lang.headline_window(np.array([1e4, 2e4]), np.array([1.0, 3.0]))
+    assert not w["passed"] and w["too_few"]
+    w = lang.headline_window(np.array([1e4, 2e4]), np.array([3.0, 1.0]))
+    assert not w["passed"] and w["too_few"]
+    w = lang.headline_window(2.0 ** np.arange(3), 2.0 ** -np.arange(3))
+    assert not w["passed"] and w["too_few"] and "too few sizes" in w["rule"]
+    x = 2.0 ** np.arange(6)
+    w = lang.headline_window(x, x ** 0.3)                       # a perfect law, but the excess rises
+    assert not w["passed"] and not w["falling"]
+    assert lang.headline_window(x, x ** -0.3)["passed"]
+    (row,) = lang.n_scaling(sweep(widths=WIDTHS[:2], B=1e-9, steps=STEPS[-2:], lrs=LRS[2:3], seeds=1), n_boot=0)
+    assert row["alpha"] is None and "too few sizes" in row["note"]
+    ds = sweep(widths=WIDTHS[:3], B=1e-9, steps=STEPS[-2:], lrs=LRS[2:3], seeds=1)
+    (row,) = lang.n_scaling(ds, n_boot=0)
+    assert row["alpha"] is not None and not row["window"]["passed"]
+    assert "too few sizes for the window rule" in lang.describe(lang.summarize(ds, n_boot=0))
+
+
+def test_fixed_training_sets_use_unique_tokens_as_d():
+    """task.dataset_size > 0: D = min(tokens seen, dataset_size x tokens per example (the context))."""
+    ds = sweep(widths=WIDTHS[::2], steps=STEPS[::2], lrs=LRS[2:3], seeds=1, extra={"dataset_size": {0: 0.0, 4096: 0.0}})
+    with pytest.raises(ValueError, match="unique data D is unknown"):
+        lang.prepare(ds)
+    ds.attrs["sweepjax_config"] = f'[task]\nname = "text"\ncontext = {CONTEXT}\ndataset_size = 0\n'
+    prep = lang.prepare(ds)
+    by = {sd.sel["dataset_size"]: sd for sd in prep.slices}
+    seen = np.broadcast_to(STEPS[::2] * float(TOKENS_PER_STEP), by[0].tokens.shape)
+    np.testing.assert_array_equal(by[0].tokens, seen)
+    np.testing.assert_array_equal(by[4096].tokens, np.minimum(seen, 4096 * CONTEXT))
+    np.testing.assert_array_equal(by[4096].compute["6ND"], by[0].compute["6ND"])    # compute counts tokens seen
+    assert any("unique training tokens" in n for n in prep.notes) and any("past one epoch" in n for n in by[4096].notes)
+
+
+def test_a_free_floor_below_the_exact_one_is_flagged():
+    ds = sweep(B=1e-9, steps=STEPS[-2:], seeds=3, stated_floor=E + 0.05)       # true floor 0.05 below the stated
+    s = lang.summarize(ds, n_boot=10)
+    free = [r for r in s["sensitivity"]["rows"] if r["floor"] == "free" and r["headline"] and r["n"] == lang.HEADLINE_N]
+    assert len(free) == 1 and free[0]["floor_below_exact"] and free[0]["E"] == pytest.approx(E, abs=0.01)
+    assert s["sensitivity"]["summary"][0]["floor_below_exact"] >= 1
+    assert "BELOW the exact floor" in lang.describe(s)
+    right = lang.sensitivity(sweep(B=1e-9, steps=STEPS[-2:], seeds=3), n_boot=0)["rows"]
+    assert not any(r.get("floor_below_exact") for r in right)
+
+
+def test_envelope_with_one_width_has_no_frontier():
+    fr = lang.compute_frontier(sweep(widths=WIDTHS[3:4], lrs=LRS[2:3], seeds=1), n_boot=0)
+    for r in fr:
+        env = r["envelope"]
+        assert env["a_all"] is None and env["a"] is None and "no frontier" in env["note"]
+
+
+def test_exact_flop_frontier_matches_brute_force(summary):
+    """N_opt ~ C^a under the exact FLOP count, found independently: the true law minimised on a fine grid of
+    widths with D = C / (3 x the sweep's forward FLOPs per token at that width)."""
+    w = np.geomspace(1.0, 1e5, 40001)
+    N = n_non_embedding(w)
+    per_token = 3 * (2 * N + 2 * VOCAB * w + 8 * CONTEXT * w)
+    exact = next(r for r in summary["frontier"] if r["compute"] == "exact")
+    budgets = np.asarray(exact["joint_fit"]["fixed"]["frontier"]["compute"], float)
+    n_opt = [N[np.argmin(A * N ** -A_EXP + B * (c / per_token) ** -B_EXP)] for c in budgets]
+    a_true = np.polyfit(np.log(budgets), np.log(n_opt), 1)[0]
+    assert abs(a_true - B_EXP / (A_EXP + B_EXP)) > 0.005        # the exact count moves a off the 6ND answer
+    for j in exact["joint_fit"].values():
+        assert j["a"] == pytest.approx(a_true, abs=0.015)
+
+
+def text_sweep(**kw) -> xr.Dataset:
+    """A text-task sweep over source: bigram (exact floors) and corpus (floors NaN: unknown)."""
+    ds = sweep(extra={"source": {"bigram": 0.0, "corpus": 0.0}}, **kw)
+    for name in ("test_bayes_loss", "irreducible_loss"):
+        ds[name].loc[dict(source="corpus")] = np.nan
+    return ds
+
+
+def test_unknown_floor_is_fitted_not_taken_as_zero():
+    import warnings
+    ds = text_sweep(widths=WIDTHS[::2], steps=STEPS[-3:], B=1e-9, seeds=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        s = lang.summarize(ds, n_boot=10)
+        text = lang.describe(s)
+    by = {r["slice"]["source"]: r for r in s["n_scaling"]}
+    corpus, bigram = by["corpus"], by["bigram"]
+    assert corpus["floor_fitted"] and corpus["floor"] is None and corpus["label"] == lang.FITTED_LABEL
+    assert corpus["E"] == pytest.approx(E, abs=0.02) and corpus["E_ci"] is not None
+    assert corpus["alpha"] == pytest.approx(A_EXP, abs=0.05)
+    assert not bigram["floor_fitted"] and bigram["floor"] == E and "Bayes" in bigram["label"]
+    assert bigram["alpha"] == pytest.approx(A_EXP, abs=0.03)
+    rows = [r for r in s["sensitivity"]["rows"] if r["slice"]["source"] == "corpus"]
+    assert rows and {r["floor"] for r in rows} == {"free"}
+    summ = {x["slice"]["source"]: x for x in s["sensitivity"]["summary"]}
+    assert summ["corpus"]["fixed_floor"] == lang.NO_FLOOR and summ["bigram"]["fixed_floor"] is None
+    joint = {(j["slice"]["source"], j["floor"]): j for j in s["joint"]}
+    assert joint[("corpus", "fixed")]["note"] == lang.NO_FLOOR and joint[("corpus", "free")]["alpha"] is not None
+    assert joint[("bigram", "fixed")]["alpha"] is not None
+    table = {sl["slice"]["source"]: sl for sl in s["slices"]}
+    assert table["corpus"]["floor_fitted"] and table["corpus"]["floor"] is None
+    assert "unknown (floor fitted)" in text and "loss ~ E + A N^-alpha (floor fitted: E = " in text and lang.NO_FLOOR in text
+    json.dumps(lang.to_json(s), allow_nan=False)

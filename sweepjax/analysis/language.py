@@ -1,6 +1,7 @@
 """Study 4 (Barkeshli, Alfarano & Gromov 2026): scaling laws of next-token prediction on random-walk
 languages (issue 14), after a sweep of 2-layer transformers over widths, learning rates, seeds and one-epoch
-data budgets (``train.steps`` swept with fresh data each step, so D = ``tokens`` seen).
+data budgets (``train.steps`` swept with fresh data each step, so D = ``tokens`` seen; with a fixed training
+set, ``task.dataset_size`` > 0, D is the unique tokens, min(tokens seen, dataset_size x tokens per example)).
 
 Reads a results Dataset with dims ``width`` (required), ``steps`` (D; optional), ``lr`` (optional),
 ``seed`` / ``data_seed`` (runs: the bootstrap resamples them) and any other swept dims (``bias`` = kappa,
@@ -13,6 +14,10 @@ The excess loss
     loss, never dropped); members at or below the floor cannot be fitted in log space and are left out
     (counted, one warning per slice). :func:`floor_check`: the minimum of ``final_test_loss -
     test_bayes_loss`` over all members (the study's "never below the floor minus 0.01 nats": reported).
+    A slice whose floor is unknown (NaN or absent, e.g. the ``text`` task's ``source = "corpus"``) has no
+    excess: its laws are fitted to the raw loss with a free irreducible term (``power_law_offset`` in 1-D,
+    ``joint_nd`` in 2-D; rows ``floor_fitted``, the fitted floor ``E`` with its interval), and every E-fixed
+    variant is "n/a (no exact floor)".
 
 Best learning rate
     With an ``lr`` dim, :func:`sweepjax.analysis.selection.best_over` keeps per (width, steps, slice) the lr
@@ -25,10 +30,13 @@ N and D scaling (:func:`n_scaling`, :func:`d_scaling`)
     L-BFGS fit, with a percentile bootstrap over runs (``n_boot`` resamples, 95 %). N is
     ``n_params_non_embedding`` (Kaplan's count; also the N of ``train_flops_6nd`` = 6 N D); the count with
     embeddings is a row of the sensitivity table. The *headline window* (:func:`headline_window`): the
-    largest window of >= 4 consecutive fitted sizes whose log-log least-squares line has R^2 >= 0.98 (ties:
-    the window reaching the larger sizes, then the higher R^2); with no such window, all fitted sizes
-    (flagged). With fewer than 4 fitted sizes the window is all of them. Its R^2 and the decades of x it
-    spans are reported, and "excess strictly decreasing in width" (medians at the largest D, all widths).
+    largest window of >= 4 consecutive fitted sizes whose log-log least-squares line falls with R^2 >= 0.98
+    (ties: the window reaching the larger sizes, then the higher R^2); with no such window, all fitted sizes
+    (flagged). With fewer than 4 fitted sizes the window is all of them, never passed ("too few sizes"); no
+    law is fitted to fewer than 3. Its R^2 and the decades of x it spans are reported, and "excess strictly
+    decreasing in width" (medians at the largest D, all widths). Bootstrap intervals need >= 3 runs per point
+    (else None, with ``ci_note``); one whose resamples take fewer than 10 distinct values is flagged
+    (``ci_coarse``).
 
 Fit sensitivity (:func:`sensitivity`), reported apart from the bootstrap error
     The N exponent at the largest D under: the irreducible term fixed at the exact floor (power law on
@@ -67,6 +75,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from types import SimpleNamespace
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +100,9 @@ HEADLINE_N = "n_params_non_embedding"
 """The parameter count of the headline N fits, the 2-D fit and the frontier (Kaplan's; the N of 6ND)."""
 N_COUNTS = ("n_params_non_embedding", "n_params")
 MIN_WINDOW = 4            # sizes in a headline / sensitivity window (fewer when fewer are fitted)
+MIN_LAW_POINTS = 3        # sizes any fit reported as a law needs (a window of fewer than MIN_WINDOW never passes)
+MIN_BOOT_RUNS = 3         # runs per point a bootstrap interval needs (2 runs: 3 distinct medians)
+MIN_DISTINCT = 10         # distinct resample values below which an interval is flagged as coarse
 R2_MIN = 0.98             # log-log R^2 a headline window must reach
 FLOOR_TOLERANCE = 0.01    # nats: a member below floor - this is reported as below the floor
 LEVEL = 0.95              # bootstrap percentile intervals
@@ -101,6 +113,10 @@ ISO_BUDGETS = 12          # IsoFLOP budgets (log-spaced over the compute range)
 JOINT_BUDGETS = 20        # compute budgets of the approach-3 frontier
 COMPUTES = {"6ND": "train_flops_6nd", "exact": "train_flops"}
 """Compute counts of the frontier -> the results variable holding each member's training FLOPs."""
+FLOOR_FORMS = {"fixed": "power_law", "free": "power_law_offset"}
+"""Irreducible term -> the form: fixed at the floor (power law on the excess), free (offset, raw loss)."""
+NO_FLOOR = "n/a (no exact floor)"
+FITTED_LABEL = "final test loss, floor fitted (L = E + A x^-alpha)"
 
 
 # ------------------------------------------------------------------------------------------ the 2-D law
@@ -170,9 +186,10 @@ class SliceData:
     """One slice's arrays, widths sorted: W widths, S data budgets (S = 1 without a ``steps`` dim), R runs.
 
     ``excess``/``loss`` (R, W, S) in nats: loss - floor / loss, +inf for diverged members, NaN for members not
-    run (and, in ``excess``, members at or below the floor: ``n_below_floor``). ``n``: count name -> (W,)
-    parameters; ``tokens`` (W, S); ``compute``: "6ND"/"exact" -> (W, S) training FLOPs; ``best_lr`` /
-    ``lr_at_edge`` (W, S) when an lr was selected."""
+    run (and, in ``excess``, members at or below the floor: ``n_below_floor``; all NaN when the slice has no
+    known floor, ``floor`` None: then the floor is fitted, see :attr:`y`). ``n``: count name -> (W,)
+    parameters; ``tokens`` (W, S): D, the unique training tokens; ``compute``: "6ND"/"exact" -> (W, S)
+    training FLOPs; ``best_lr`` / ``lr_at_edge`` (W, S) when an lr was selected."""
 
     sel: dict
     width: np.ndarray
@@ -188,6 +205,26 @@ class SliceData:
     lr_at_edge: np.ndarray | None = None
     n_below_floor: int = 0
     notes: list[str] = field(default_factory=list)
+    label: str = ""
+
+    @property
+    def floor_fitted(self) -> bool:
+        """No known floor: the 1-D and 2-D laws are fitted to the raw loss with a free irreducible term."""
+        return self.floor is None
+
+    @property
+    def y(self) -> np.ndarray:
+        """(R, W, S) what the laws are fitted to: the excess, or the raw loss when the floor is fitted."""
+        return self.loss if self.floor_fitted else self.excess
+
+    @property
+    def form(self) -> str:
+        """The 1-D form fitted to :attr:`y`."""
+        return FLOOR_FORMS["free" if self.floor_fitted else "fixed"]
+
+    @property
+    def median_y(self) -> np.ndarray:
+        return reduce_runs(self.y, "median", axis=0)
 
     @property
     def name(self) -> str:
@@ -211,7 +248,8 @@ class SliceData:
         out = {"slice": self.sel, "width": self.width, **self.n, "steps": self.steps, "tokens": self.tokens,
                **{f"compute_{k}": v for k, v in self.compute.items()}, "median_excess": self.median_excess,
                "median_loss": self.median_loss, "floor": self.floor, "irreducible_loss": self.irreducible,
-               "runs": self.runs, "n_below_floor": self.n_below_floor}
+               "runs": self.runs, "n_below_floor": self.n_below_floor, "floor_fitted": self.floor_fitted,
+               "label": self.label}
         if self.best_lr is not None:
             out.update(best_lr=self.best_lr, lr_at_edge=self.lr_at_edge)
         return out
@@ -249,7 +287,11 @@ def prepare(ds: xr.Dataset, log: TextIO | None = None) -> Prepared:
     floors = floor_check(ds)
     runs = [d for d in RUN_DIMS if d in ds["final_test_loss"].dims]
     lr: dict = {"swept": None}
-    if "lr" in ds.dims:
+    if "lr" in ds.dims and ds.sizes["lr"] == 1:
+        lr = {"swept": None, "single": _py(ds["lr"].values[0])}
+        notes.append(f"lr not tuned: a single lr ({lr['single']:g}) was run")
+        ds = ds.isel(lr=0, drop=True)
+    elif "lr" in ds.dims:
         lr = {"swept": ds["lr"].values.tolist()}
         from sweepjax.analysis.selection import best_over
         ds = best_over(ds, "lr", "final_test_loss", runs[0] if runs else "seed")
@@ -266,6 +308,10 @@ def prepare(ds: xr.Dataset, log: TextIO | None = None) -> Prepared:
     if has_steps:
         ds = ds.sortby("steps")
     ex = excess(ds)
+    seen = ds["tokens"] if "tokens" in ds.data_vars else None
+    unique, note = _unique_tokens(ds, seen) if seen is not None else (None, None)
+    if note:
+        notes.append(note)
     raw = ds["final_test_loss"].astype(float)
     if "diverged" in ds.data_vars:
         raw = raw.where(~ds["diverged"].fillna(False).astype(bool), np.inf)
@@ -276,7 +322,11 @@ def prepare(ds: xr.Dataset, log: TextIO | None = None) -> Prepared:
         part = ds.isel(at)
         sel = {d: _py(part[d].values) for d in other}
         g = lambda da: _grid(part, da.isel({d: i for d, i in at.items() if d in da.dims}), runs, has_steps)
+        floor = _known(g(part[ex.attrs["floor"]])) if ex.attrs["floor"] else None
+        irr = _known(g(part["irreducible_loss"])) if "irreducible_loss" in part.data_vars else None
         e, loss = g(ex), g(raw)
+        if floor is None:   # no known floor: no excess (fitted_loss would subtract 0); the floor is fitted
+            e = np.full_like(e, np.nan)
         low = np.isfinite(e) & (e <= 0)
         if low.any() and log is not None:
             print(f"warning: {slice_name(sel)}: {int(low.sum())} member(s) at or below the loss floor "
@@ -292,24 +342,30 @@ def prepare(ds: xr.Dataset, log: TextIO | None = None) -> Prepared:
             sd_notes.append("no parameter counts in the results: N = width")
         elif HEADLINE_N not in n:
             sd_notes.append(f"no {HEADLINE_N}: N counts all parameters")
-        if "tokens" in part.data_vars:
-            tokens = g(part["tokens"])[0]
+        if seen is not None:
+            tokens_seen = g(seen)[0]
+            tokens = g(unique)[0]
+            repeated = int(np.sum(tokens < tokens_seen))
+            if repeated:
+                sd_notes.append(f"{repeated} (N, D) point(s) trained past one epoch of a fixed training set: D is "
+                                "their unique tokens, shared with the points that saw more")
         else:
             s = part["steps"].values.astype(float) if has_steps else np.ones(1)
-            tokens = np.broadcast_to(s, (part.sizes["width"], len(s))).copy()
+            tokens = tokens_seen = np.broadcast_to(s, (part.sizes["width"], len(s))).copy()
             sd_notes.append("no tokens in the results: D = steps")
         n_head = n.get(HEADLINE_N, next(iter(n.values())))
         compute = {"6ND": g(part["train_flops_6nd"])[0] if "train_flops_6nd" in part.data_vars
-                   else 6.0 * n_head[:, None] * tokens}
+                   else 6.0 * n_head[:, None] * tokens_seen}
         if "train_flops" in part.data_vars:
             compute["exact"] = g(part["train_flops"])[0]
-        floor = part[ex.attrs["floor"]] if ex.attrs["floor"] else None
-        floor = float(np.nanmedian(g(floor))) if floor is not None else None
-        irr = float(np.nanmedian(g(part["irreducible_loss"]))) if "irreducible_loss" in part.data_vars else None
+        if floor is None:
+            sd_notes.append("no known loss floor: every law is fitted to the raw loss with a free irreducible "
+                            f"term (floor fitted); the E-fixed variants are {NO_FLOOR}")
         sd = SliceData(sel=sel, width=part["width"].values.astype(float), n=n,
                        steps=part["steps"].values.astype(float) if has_steps else None, tokens=tokens,
                        compute=compute, excess=e, loss=loss, floor=floor, irreducible=irr,
-                       n_below_floor=int(low.sum()), notes=sd_notes)
+                       n_below_floor=int(low.sum()), notes=sd_notes,
+                       label=ex.attrs["label"] if floor is not None else FITTED_LABEL)
         if "best_lr" in part.data_vars:
             sd.best_lr = g(part["best_lr"])[0]
             sd.lr_at_edge = g(part["best_lr_at_edge"].astype(float))[0].astype(bool)
@@ -322,19 +378,49 @@ def prepare(ds: xr.Dataset, log: TextIO | None = None) -> Prepared:
     return Prepared(slices, has_d, lr, floors, notes)
 
 
+def _known(v: np.ndarray) -> float | None:
+    """The median of the finite values of a floor (None when it has none: the floor is unknown)."""
+    v = np.asarray(v, float)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
+
+
+def _unique_tokens(ds: xr.Dataset, tokens: xr.DataArray) -> tuple[xr.DataArray, str | None]:
+    """D of every member: ``tokens`` (tokens seen), or for a fixed training set (``task.dataset_size`` > 0,
+    swept or not) its unique tokens ``min(tokens seen, dataset_size x tokens per example)``, tokens per example
+    from the task the results' config names (``Task.tokens_per_example`` with the swept task keys applied).
+    Also a note when any member has a fixed set. ValueError when the results do not say how many tokens an
+    example holds."""
+    from sweepjax.results import saved_task
+    task = saved_task(ds)
+    size = ds["dataset_size"] if "dataset_size" in ds.variables else xr.DataArray(task.get("dataset_size", 0))
+    if not bool((size > 0).any()):
+        return tokens, None
+    if "name" not in task:
+        raise ValueError("fixed training sets (task.dataset_size > 0) but the results carry no config "
+                         "(attribute sweepjax_config) to count tokens per example: the unique data D is unknown")
+    from sweepjax.tasks import task_class
+    keys = SimpleNamespace(**{**task, **{k: ds[k] for k in task if k in ds.coords}})
+    cap = size * task_class(task["name"]).tokens_per_example(keys)
+    unique = tokens.where(~(size > 0), np.minimum(tokens, cap))
+    return unique, ("D = unique training tokens, min(tokens seen, dataset_size x tokens per example), for the "
+                    "members with a fixed training set (task.dataset_size > 0)")
+
+
 def _prepared(data: xr.Dataset | Prepared, log: TextIO | None = None) -> Prepared:
     return data if isinstance(data, Prepared) else prepare(data, log)
 
 
 # ------------------------------------------------------------------------------------------ fitting helpers
 
-def _r2(lx: np.ndarray, ly: np.ndarray) -> float:
-    """R^2 of the least-squares line of ``ly`` on ``lx`` (NaN when ``ly`` is constant)."""
-    if len(lx) < 2:
-        return float("nan")
+def _r2(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:
+    """R^2 and slope of the least-squares line of ``ly`` on ``lx`` (R^2 NaN when ``ly`` is constant; both NaN
+    with fewer than two distinct ``lx``)."""
+    if len(lx) < 2 or np.ptp(lx) == 0:
+        return float("nan"), float("nan")
     slope, icpt = np.polyfit(lx, ly, 1)
     ss = np.sum((ly - ly.mean()) ** 2)
-    return float(1 - np.sum((ly - slope * lx - icpt) ** 2) / ss) if ss > 0 else float("nan")
+    return (float(1 - np.sum((ly - slope * lx - icpt) ** 2) / ss) if ss > 0 else float("nan")), float(slope)
 
 
 def _windows(n: int, min_points: int) -> list[tuple[int, int]]:
@@ -343,45 +429,94 @@ def _windows(n: int, min_points: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(n) for j in range(i + m - 1, n)]
 
 
+def _window(x: np.ndarray, i0: int, i1: int, r2: float, slope: float, passed: bool, rule: str,
+            too_few: bool = False) -> dict:
+    return {"i0": int(i0), "i1": int(i1), "lo": float(x[i0]), "hi": float(x[i1]), "n_points": int(i1 - i0 + 1),
+            "r2": r2, "decades": float(np.log10(x[i1] / x[i0])), "passed": bool(passed), "rule": rule,
+            "falling": bool(slope < 0), "too_few": bool(too_few)}
+
+
 def headline_window(x: np.ndarray, y: np.ndarray, min_points: int = MIN_WINDOW, r2_min: float = R2_MIN) -> dict:
     """The headline fit window of the positive ``y`` at the increasing sizes ``x``: the largest window of
-    >= ``min_points`` consecutive sizes (all of them when fewer) whose log-log least-squares line has
-    R^2 >= ``r2_min``; ties go to the window reaching the larger sizes, then to the higher R^2. Without one,
-    all sizes (``passed`` False). Returns ``i0``, ``i1`` (first and last index), ``lo``, ``hi`` (sizes),
-    ``n_points``, ``r2``, ``decades`` (log10 hi/lo), ``passed`` and ``rule`` (text)."""
+    >= ``min_points`` consecutive sizes whose log-log least-squares line falls (slope < 0) with R^2 >=
+    ``r2_min``; ties go to the window reaching the larger sizes, then to the higher R^2. Without one, all sizes
+    (``passed`` False). With fewer than ``min_points`` sizes the rule cannot apply: all sizes, ``passed`` False,
+    ``too_few`` True (a law needs >= ``MIN_LAW_POINTS`` sizes: fewer are not fitted). Returns ``i0``, ``i1``
+    (first and last index), ``lo``, ``hi`` (sizes), ``n_points``, ``r2``, ``decades`` (log10 hi/lo),
+    ``passed``, ``falling`` (the window's line falls), ``too_few`` and ``rule`` (text)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     lx, ly = np.log(x), np.log(y)
-    cands = [(j - i + 1, j, r2, i) for i, j in _windows(len(x), min_points)
-             for r2 in [_r2(lx[i:j + 1], ly[i:j + 1])]]
-    good = [c for c in cands if c[2] >= r2_min]
-    m = min(min_points, len(x))
+    n = len(x)
+    if n < min_points:
+        r2, slope = _r2(lx, ly)
+        return _window(x, 0, n - 1, r2, slope, False, f"too few sizes: {n} (the window rule needs >= {min_points}"
+                       f", a law >= {MIN_LAW_POINTS}): all sizes, not passed", too_few=True)
+    cands = [(j - i + 1, j, r2, i, slope) for i, j in _windows(n, min_points)
+             for r2, slope in [_r2(lx[i:j + 1], ly[i:j + 1])]]
+    good = [c for c in cands if c[2] >= r2_min and c[4] < 0]
     if good:
-        _, i1, r2, i0 = max(good, key=lambda c: (c[0], c[1], c[2]))
-        rule = f"largest window of >= {m} consecutive sizes with log-log R^2 >= {r2_min}"
+        _, i1, r2, i0, slope = max(good, key=lambda c: (c[0], c[1], c[2]))
+        rule = f"largest window of >= {min_points} consecutive sizes whose excess falls with log-log R^2 >= {r2_min}"
     else:
-        i0, i1, r2 = 0, len(x) - 1, _r2(lx, ly)
-        rule = f"all sizes: no window of >= {m} consecutive sizes reaches log-log R^2 >= {r2_min}"
-    return {"i0": int(i0), "i1": int(i1), "lo": float(x[i0]), "hi": float(x[i1]), "n_points": int(i1 - i0 + 1),
-            "r2": r2, "decades": float(np.log10(x[i1] / x[i0])), "passed": bool(good), "rule": rule}
+        i0, i1 = 0, n - 1
+        r2, slope = _r2(lx, ly)
+        rule = (f"all sizes: no window of >= {min_points} consecutive sizes falls with log-log R^2 >= {r2_min}")
+    return _window(x, i0, i1, r2, slope, bool(good), rule)
+
+
+def _distinct(samples) -> int:
+    """Distinct finite values among bootstrap resamples (to 9 significant digits)."""
+    s = np.asarray(samples, float)
+    s = s[np.isfinite(s)]
+    return int(np.unique(np.array([float(f"{v:.9g}") for v in s])).size)
+
+
+def _ci_quality(out: dict, samples: dict, names) -> None:
+    """Record in ``out`` how many distinct values the resamples of ``names`` take (``ci_distinct``) and flag
+    (``ci_coarse``, ``ci_note``) intervals resting on fewer than ``MIN_DISTINCT``."""
+    distinct = {k: _distinct(samples[k]) for k in names if k in samples}
+    out["ci_distinct"] = distinct
+    low = min(distinct.values()) if distinct else 0
+    out["ci_coarse"] = bool(low < MIN_DISTINCT)
+    if low == 0:
+        out["ci_note"] = "no bootstrap interval: no resample gave a finite value"
+    elif out["ci_coarse"]:
+        out["ci_note"] = (f"coarse interval: the resamples take only {low} distinct value(s) (< {MIN_DISTINCT}); "
+                          "its ends are not a meaningful uncertainty")
+
+
+def _no_boot_note(runs: int) -> str:
+    return (f"no bootstrap interval: {runs} run(s) per point (fewer than {MIN_BOOT_RUNS}; with 2 runs a median "
+            "takes only 3 distinct resample values)")
 
 
 def _fit(x: np.ndarray, Y: np.ndarray, form, n_boot: int, seed: int, level: float,
          keep: bool = False) -> dict:
     """Fit ``form`` to the median over runs of ``Y`` (runs, points) at ``x`` (1-D sizes or a dict of them),
-    with a percentile bootstrap over runs when there are two or more runs and ``n_boot`` > 0: ``params``,
-    ``alpha``, ``alpha_ci`` (and ``beta``, ``beta_ci`` for 2-D forms), ``converged``, ``boot_valid``; or
-    ``note`` when there is no fit. ``keep``: also ``_result`` and ``_boot`` (the fit objects)."""
+    with a percentile bootstrap over runs when there are ``MIN_BOOT_RUNS`` or more runs and ``n_boot`` > 0:
+    ``params``, ``alpha``, ``alpha_ci`` (and ``beta``, ``beta_ci`` for 2-D forms), ``converged``,
+    ``boot_valid``, ``ci_distinct``/``ci_coarse`` (intervals from fewer than ``MIN_DISTINCT`` distinct
+    resamples are flagged), ``ci_note`` (why there is no interval, or why it is coarse); or ``note`` when there
+    is no fit (fewer than ``MIN_LAW_POINTS`` points). ``keep``: also ``_result`` and ``_boot``."""
     spec = fitting.get_form(form)
-    out: dict = {"form": spec.name, "params": {}, "converged": None, "boot_valid": None, "note": ""}
+    out: dict = {"form": spec.name, "params": {}, "converged": None, "boot_valid": None, "note": "",
+                 "ci_note": "", "ci_coarse": None}
     for e in spec.exponents:
         out[e], out[f"{e}_ci"] = None, None
+    med = reduce_runs(Y, "median", axis=0)
+    n_ok = int(np.sum(np.isfinite(med) & (med > 0)))
+    if n_ok < max(MIN_LAW_POINTS, len(spec.params)):
+        out["note"] = (f"no fit: too few sizes ({n_ok} with a finite positive median; the law needs >= "
+                       f"{max(MIN_LAW_POINTS, len(spec.params))})")
+        return out
     boot = None
+    if n_boot > 0 and Y.shape[0] < MIN_BOOT_RUNS:
+        out["ci_note"] = _no_boot_note(Y.shape[0])
     try:
-        if n_boot > 0 and Y.shape[0] > 1:
+        if n_boot > 0 and Y.shape[0] >= MIN_BOOT_RUNS:
             boot = fitting.bootstrap(x, Y, spec, n_resamples=n_boot, seed=seed, level=level, reduce="median")
             res = boot.point
         else:
-            med = reduce_runs(Y, "median", axis=0)
             ok = np.isfinite(med) & (med > 0)
             xs = {k: np.asarray(v)[ok] for k, v in x.items()} if isinstance(x, dict) else np.asarray(x)[ok]
             res = fitting.fit(xs, med[ok], spec)
@@ -396,6 +531,7 @@ def _fit(x: np.ndarray, Y: np.ndarray, form, n_boot: int, seed: int, level: floa
         out["boot_valid"] = boot.n_valid
         if boot.n_valid:
             out.update({f"{k}_ci": list(boot.ci(k)) for k in spec.param_names})
+            _ci_quality(out, boot.samples, spec.exponents)
     if keep:
         out.update(_result=res, _boot=boot)
     return out
@@ -404,14 +540,15 @@ def _fit(x: np.ndarray, Y: np.ndarray, form, n_boot: int, seed: int, level: floa
 def _slopes(x: np.ndarray, y: np.ndarray) -> list:
     """-d log y / d log x between neighbours (None where either is not finite and positive)."""
     ok = np.isfinite(y) & (y > 0)
-    return [float(-np.log(y[i + 1] / y[i]) / np.log(x[i + 1] / x[i])) if ok[i] and ok[i + 1] else None
-            for i in range(len(x) - 1)]
+    return [float(-np.log(y[i + 1] / y[i]) / np.log(x[i + 1] / x[i])) if ok[i] and ok[i + 1] and x[i + 1] != x[i]
+            else None for i in range(len(x) - 1)]
 
 
 def _curve(sd: SliceData, kind: str, x: np.ndarray, Y: np.ndarray, x_name: str, fixed: dict, n_boot: int,
            seed: int, level: float) -> dict:
-    """One 1-D scaling row: the excess ``Y`` (runs, sizes) vs ``x`` fitted as a power law over the
-    headline window."""
+    """One 1-D scaling row: ``Y`` (runs, sizes; the slice's :attr:`SliceData.y`) vs ``x``: the excess fitted
+    as a power law over the headline window, or, when the slice's floor is fitted, the raw loss as a power law
+    plus offset over every size (``E``, ``E_ci``: the fitted floor; ``median_excess``: the median loss - E)."""
     med = reduce_runs(Y, "median", axis=0)
     ok = np.isfinite(med) & (med > 0)
     finite = np.isfinite(med)
@@ -419,13 +556,29 @@ def _curve(sd: SliceData, kind: str, x: np.ndarray, Y: np.ndarray, x_name: str, 
            "runs": sd.runs, "local_slopes": _slopes(x, med),
            "decreasing": bool(finite.all() and np.all(np.diff(med) < 0)) if len(x) > 1 else None,
            "unfitted": x[~ok], "window": None, "alpha": None, "alpha_ci": None, "params": {}, "note": "",
-           "floor": sd.floor}
+           "floor": sd.floor, "floor_fitted": sd.floor_fitted, "label": sd.label, "_median_y": med}
     if kind == "N":
         row["width"] = sd.width
-    if ok.sum() < 2:
-        row["note"] = f"no fit: {int(ok.sum())} size(s) with a finite positive median excess"
+    need = MIN_LAW_POINTS + sd.floor_fitted          # the offset law: one point more than its parameters
+    if ok.sum() < need:
+        row["note"] = (f"no fit: too few sizes ({int(ok.sum())} with a finite positive median; a law needs "
+                       f">= {need})")
         return row
     idx = np.flatnonzero(ok)
+    if sd.floor_fitted:
+        row.update(_fit(x[idx], Y[:, idx], sd.form, n_boot, seed, level))
+        row.update(E=row["params"].get("E"), E_ci=row.get("E_ci"), median_loss=med)
+        fitted = med - row["E"] if row["E"] is not None else np.full_like(med, np.nan)
+        row["median_excess"] = np.where(fitted > 0, fitted, np.nan)
+        pos = fitted[idx] > 0
+        r2, slope = _r2(np.log(x[idx][pos]), np.log(fitted[idx][pos])) if pos.sum() >= 2 else (np.nan, np.nan)
+        win = _window(x[idx], 0, len(idx) - 1, r2, slope, False, "all sizes: no exact floor (floor fitted); "
+                      "the window rule needs the excess", too_few=len(idx) < MIN_WINDOW)
+        win.update(index=idx)
+        if kind == "N":
+            win["widths"] = [float(sd.width[idx[0]]), float(sd.width[idx[-1]])]
+        row.update(window=win, _x=x, _Y=Y, _fitted=idx)
+        return row
     win = headline_window(x[idx], med[idx])
     use = idx[win["i0"]: win["i1"] + 1]
     win.update(index=use)
@@ -461,14 +614,14 @@ def n_scaling(data: xr.Dataset | Prepared, n_boot: int = 1000, seed: int = 0, le
     rows = []
     for sd in prep.slices:
         name = n_name if n_name in sd.n else next(iter(sd.n))
-        k = _largest(sd.median_excess, 1)
+        k = _largest(sd.median_y, 1)
         fixed = {"tokens": float(sd.tokens[-1, k]), "steps": None if sd.steps is None else float(sd.steps[k]),
                  "index": k, "largest": k == sd.tokens.shape[1] - 1}
-        row = _curve(sd, "N", sd.n[name], sd.excess[:, :, k], name, fixed, n_boot, seed, level)
+        row = _curve(sd, "N", sd.n[name], sd.y[:, :, k], name, fixed, n_boot, seed, level)
         row["alpha_by_d"] = []
         if prep.has_d:
             for k in range(sd.tokens.shape[1]):
-                f = _fit(sd.n[name], sd.excess[:, :, k], "power_law", 0, seed, level)
+                f = _fit(sd.n[name], sd.y[:, :, k], sd.form, 0, seed, level)
                 row["alpha_by_d"].append({"tokens": float(sd.tokens[-1, k]), "alpha": f["alpha"]})
         rows.append(row)
     return rows
@@ -483,12 +636,12 @@ def d_scaling(data: xr.Dataset | Prepared, n_boot: int = 1000, seed: int = 0, le
         return []
     rows = []
     for sd in prep.slices:
-        w = _largest(sd.median_excess, 0)
+        w = _largest(sd.median_y, 0)
         fixed = {"width": float(sd.width[w]), **{k: float(v[w]) for k, v in sd.n.items()}, "index": w,
                  "largest": w == len(sd.width) - 1}
-        row = _curve(sd, "D", sd.tokens[w], sd.excess[:, w, :], "tokens", fixed, n_boot, seed, level)
+        row = _curve(sd, "D", sd.tokens[w], sd.y[:, w, :], "tokens", fixed, n_boot, seed, level)
         row["alpha_by_n"] = [{"width": float(sd.width[w]),
-                              "alpha": _fit(sd.tokens[w], sd.excess[:, w, :], "power_law", 0, seed, level)["alpha"]}
+                              "alpha": _fit(sd.tokens[w], sd.y[:, w, :], sd.form, 0, seed, level)["alpha"]}
                              for w in range(len(sd.width))]
         rows.append(row)
     return rows
@@ -496,20 +649,19 @@ def d_scaling(data: xr.Dataset | Prepared, n_boot: int = 1000, seed: int = 0, le
 
 # ------------------------------------------------------------------------------------------ sensitivity
 
-FLOOR_FORMS = {"fixed": "power_law", "free": "power_law_offset"}
-"""Irreducible term -> the form: fixed at the floor (power law on the excess), free (offset, raw loss)."""
-
-
 def sensitivity(data: xr.Dataset | Prepared, n_rows: list[dict] | None = None, n_boot: int = 1000, seed: int = 0,
                 level: float = LEVEL) -> dict:
     """The N exponent at the largest D under every variant: ``floor`` fixed / free x ``n`` (count) x window
     (every window of >= 4 consecutive fitted widths). ``rows``: one per variant with ``alpha`` (point estimate),
     ``alpha_ci`` (bootstrap over runs, for the ``headline`` window and the ``all_widths`` window; else None),
-    ``window`` (widths), ``n_range``, ``n_points``, ``converged`` and for free-floor bootstrapped rows ``E``
-    (fitted) beside ``floor``. ``summary``: one per slice: ``alpha_min``/``alpha_max``/``spread`` over all
-    rows, the headline exponent under each floor and count, the window range, ``median_ci_width`` and
-    ``spread_over_ci`` (how many bootstrap widths the variants span). ``n_rows``: :func:`n_scaling` rows
-    (computed when None: they fix each slice's headline window)."""
+    ``window`` (widths), ``n_range``, ``n_points``, ``converged`` and for free-floor headline / all-widths rows
+    ``E`` (fitted) beside ``floor``, with ``floor_below_exact`` (E below the exact floor - ``FLOOR_TOLERANCE``).
+    A slice without a known floor has no E-fixed rows (:data:`NO_FLOOR`). ``summary``: one per slice:
+    ``alpha_min``/``alpha_max``/``spread`` over all rows, the headline exponent under each floor and count, the
+    window range (``window_varied`` False, with ``window_note``, when only one window is possible),
+    ``median_ci_width`` (over the intervals not flagged coarse) and ``spread_over_ci`` (how many bootstrap
+    widths the variants span; None with ``spread_over_ci_note`` when there is no meaningful interval).
+    ``n_rows``: :func:`n_scaling` rows (computed when None: they fix each slice's headline window)."""
     prep = _prepared(data)
     n_rows = n_scaling(prep, 0, seed, level) if n_rows is None else n_rows
     rows, summary = [], []
@@ -527,7 +679,7 @@ def sensitivity(data: xr.Dataset | Prepared, n_rows: list[dict] | None = None, n
         part = []
         for floor, form in FLOOR_FORMS.items():
             n_par = len(fitting.get_form(form).params)
-            if n_fit < n_par:
+            if n_fit < n_par or (floor == "fixed" and sd.floor_fitted):
                 continue
             for count, N in sd.n.items():
                 x, Y = N[fit_idx], ys[floor][:, fit_idx]
@@ -544,17 +696,24 @@ def sensitivity(data: xr.Dataset | Prepared, n_rows: list[dict] | None = None, n
                            "window": [float(sd.width[lo]), float(sd.width[hi])], "n_range": [float(N[lo]), float(N[hi])],
                            "n_points": int(r.n_points), "alpha": float(r.alpha), "alpha_ci": None,
                            "converged": bool(r.converged), "headline": (lo, hi) == head,
-                           "all_widths": (lo, hi) == (int(fit_idx[0]), int(fit_idx[-1])), "floor_value": sd.floor}
-                    if (row["headline"] or row["all_widths"]) and n_boot > 0 and sd.runs > 1:
+                           "all_widths": (lo, hi) == (int(fit_idx[0]), int(fit_idx[-1])), "floor_value": sd.floor,
+                           "floor_fitted": sd.floor_fitted}
+                    if row["headline"] or row["all_widths"]:
                         use = fit_idx[(fit_idx >= lo) & (fit_idx <= hi)]
                         f = _fit(N[use], ys[floor][:, use], form, n_boot, seed, level)
-                        row.update(alpha=f["alpha"], alpha_ci=f["alpha_ci"], converged=f["converged"])
+                        row.update({k: f[k] for k in ("alpha", "alpha_ci", "converged", "ci_note", "ci_coarse")})
                         if floor == "free" and f["params"]:
-                            row.update(E=f["params"]["E"], E_ci=f.get("E_ci"))
+                            row.update(E=f["params"]["E"], E_ci=f.get("E_ci"),
+                                       floor_below_exact=_below_exact(f["params"]["E"], sd.floor))
                     part.append(row)
         rows += part
         summary.append(_sensitivity_summary(sd, part))
     return {"rows": rows, "summary": summary}
+
+
+def _below_exact(E: float | None, floor: float | None) -> bool | None:
+    """Whether a fitted floor ``E`` lies below the exact ``floor`` - ``FLOOR_TOLERANCE`` (None: no exact floor)."""
+    return None if E is None or floor is None else bool(E < floor - FLOOR_TOLERANCE)
 
 
 def _sensitivity_summary(sd: SliceData, part: list[dict]) -> dict:
@@ -562,15 +721,25 @@ def _sensitivity_summary(sd: SliceData, part: list[dict]) -> dict:
     pick = lambda floor, count: next((r["alpha"] for r in part if r["headline"] and r["floor"] == floor
                                       and r["n"] == count), None)
     head_n = HEADLINE_N if HEADLINE_N in sd.n else next(iter(sd.n))
-    windows = [r["alpha"] for r in part if r["floor"] == "fixed" and r["n"] == head_n and r["alpha"] is not None]
-    widths = [r["alpha_ci"][1] - r["alpha_ci"][0] for r in part if r["alpha_ci"]]
+    main = "free" if sd.floor_fitted else "fixed"
+    win_rows = [r for r in part if r["floor"] == main and r["n"] == head_n and r["alpha"] is not None]
+    windows = [r["alpha"] for r in win_rows]
+    n_windows = len({tuple(r["window"]) for r in win_rows})
+    cis = [r for r in part if r["alpha_ci"]]
+    widths = [r["alpha_ci"][1] - r["alpha_ci"][0] for r in cis if not r.get("ci_coarse")]
     out = {"slice": sd.sel, "n_variants": len(part),
            "alpha_min": float(alphas.min()) if alphas.size else None,
            "alpha_max": float(alphas.max()) if alphas.size else None,
            "spread": float(np.ptp(alphas)) if alphas.size else None,
            "headline": {f"{floor}/{count}": pick(floor, count) for floor in FLOOR_FORMS for count in sd.n},
-           "window_range": [min(windows), max(windows)] if windows else None,
-           "median_ci_width": float(np.median(widths)) if widths else None}
+           "window_range": [min(windows), max(windows)] if n_windows > 1 else None,
+           "n_windows": n_windows, "window_varied": n_windows > 1,
+           "median_ci_width": float(np.median(widths)) if widths else None,
+           "floor_fitted": sd.floor_fitted, "fixed_floor": NO_FLOOR if sd.floor_fitted else None,
+           "floor_below_exact": sum(bool(r.get("floor_below_exact")) for r in part)}
+    if n_windows <= 1:
+        out["window_note"] = (f"the fit window could not vary: {n_windows} window(s) of >= {MIN_WINDOW} consecutive "
+                              "fitted widths (window sensitivity not measured)")
     fixed, free = pick("fixed", head_n), pick("free", head_n)
     out["floor_shift"] = None if fixed is None or free is None else free - fixed
     other = [c for c in sd.n if c != head_n]
@@ -578,6 +747,10 @@ def _sensitivity_summary(sd: SliceData, part: list[dict]) -> dict:
     out["embedding_shift"] = None if fixed is None or emb is None else emb - fixed
     out["spread_over_ci"] = (out["spread"] / out["median_ci_width"]
                              if out["spread"] is not None and out["median_ci_width"] else None)
+    if out["spread_over_ci"] is None:
+        why = (f"{len(cis)} bootstrap interval(s), all coarse (< {MIN_DISTINCT} distinct resamples)" if cis else
+               next((r["ci_note"] for r in part if r.get("ci_note")), "no bootstrap interval"))
+        out["spread_over_ci_note"] = f"no spread / interval ratio: {why}"
     return out
 
 
@@ -589,23 +762,32 @@ def joint_fits(data: xr.Dataset | Prepared, n_boot: int = 1000, seed: int = 0, l
     ``floor`` "fixed" (:data:`JOINT_ND_EXCESS` on the excess) and "free" (``joint_nd`` on the raw loss), each
     with ``alpha``, ``beta`` (and intervals: bootstrap over runs, at most ``JOINT_BOOT_MAX`` resamples),
     ``params``, ``start_spread`` (a large spread: the data do not pin the parameter), ``converged``, and
-    ``alpha_1d`` / ``beta_1d`` (the 1-D exponents of ``n_rows`` / ``d_rows``). [] without a steps dim."""
+    ``alpha_1d`` / ``beta_1d`` (the 1-D exponents of ``n_rows`` / ``d_rows``); the free row's
+    ``floor_below_exact`` (fitted E below the exact floor - ``FLOOR_TOLERANCE``). A slice without a known
+    floor: the fixed row is :data:`NO_FLOOR` (no fit), the free one on every finite median loss. [] without a
+    steps dim."""
     prep = _prepared(data)
     if not prep.has_d:
         return []
     out = []
     for i, sd in enumerate(prep.slices):
         N = sd.n.get(HEADLINE_N, next(iter(sd.n)))
-        med = sd.median_excess
+        med = sd.median_y
         ok = (np.isfinite(med) & (med > 0)).ravel()
         NN = np.broadcast_to(N[:, None], med.shape).ravel()[ok]
         DD = sd.tokens.ravel()[ok]
         R = sd.runs
         for floor, form, Y in (("fixed", JOINT_ND_EXCESS, sd.excess), ("free", "joint_nd", sd.loss)):
-            f = _fit({"N": NN, "D": DD}, Y.reshape(R, -1)[:, ok], form, min(n_boot, JOINT_BOOT_MAX), seed, level,
-                     keep=True)
+            if floor == "fixed" and sd.floor_fitted:
+                f = {"form": JOINT_ND_EXCESS.name, "params": {}, "converged": None, "alpha": None, "beta": None,
+                     "alpha_ci": None, "beta_ci": None, "note": NO_FLOOR}
+            else:
+                f = _fit({"N": NN, "D": DD}, Y.reshape(R, -1)[:, ok], form, min(n_boot, JOINT_BOOT_MAX), seed, level,
+                         keep=True)
+            if floor == "free":
+                f["floor_below_exact"] = _below_exact(f["params"].get("E"), sd.floor)
             row = {"slice": sd.sel, "floor": floor, "n_count": HEADLINE_N if HEADLINE_N in sd.n else next(iter(sd.n)),
-                   "floor_value": sd.floor, **f,
+                   "floor_value": sd.floor, "floor_fitted": sd.floor_fitted, **f,
                    "alpha_1d": n_rows[i]["alpha"] if n_rows else None,
                    "alpha_1d_ci": n_rows[i]["alpha_ci"] if n_rows else None,
                    "beta_1d": d_rows[i]["alpha"] if d_rows else None,
@@ -660,17 +842,24 @@ def _certified(env: fitting.ComputeOptimal, C: np.ndarray, med: np.ndarray, N: n
 
 def _envelope(C: np.ndarray, med: np.ndarray, N: np.ndarray, tokens: np.ndarray) -> dict:
     """Approach 1 on median excesses ``med`` (W, S): the frontier, and ``a``, ``b`` from its certified points
-    (``a_all``, ``b_all``: from every point, as the fit module reports)."""
+    (``a_all``, ``b_all``: from every point, as the fit module reports); each None, with ``note``, when its
+    points hold fewer than ``MIN_LAW_POINTS`` distinct sizes (no frontier)."""
     env = fitting.envelope(C, med, N, tokens=tokens, n_points=ENVELOPE_POINTS)
     cert = _certified(env, C, med, N)
     fr = env.frontier
     lc = np.log(fr["compute"].to_numpy())
+    n_opt = fr["n_opt"].to_numpy()
+    sizes, cert_sizes = np.unique(n_opt[np.isfinite(n_opt)]).size, np.unique(n_opt[cert]).size
     a = b = None
-    if cert.sum() >= 2 and np.unique(fr["n_opt"].to_numpy()[cert]).size >= 2:
-        a, _ = _line(lc[cert], np.log(fr["n_opt"].to_numpy()[cert]))
+    if cert_sizes >= MIN_LAW_POINTS:
+        a, _ = _line(lc[cert], np.log(n_opt[cert]))
         b, _ = _line(lc[cert], np.log(fr["d_opt"].to_numpy()[cert]))
-    return {"a": a, "b": b, "a_all": env.a, "b_all": env.b, "k_n": env.k_n, "n_certified": int(cert.sum()),
-            "n_certified_sizes": int(np.unique(fr["n_opt"].to_numpy()[cert]).size),
+    a_all, b_all, k_n = (env.a, env.b, env.k_n) if sizes >= MIN_LAW_POINTS else (None, None, None)
+    note = "; ".join(f"no frontier{what}: {k} distinct size(s) on the envelope{where} (needs >= {MIN_LAW_POINTS})"
+                     for what, k, where in (("", sizes, ""), (" from certified points", cert_sizes, ", certified"))
+                     if k < MIN_LAW_POINTS)
+    return {"a": a, "b": b, "a_all": a_all, "b_all": b_all, "k_n": k_n, "n_certified": int(cert.sum()),
+            "n_sizes": int(sizes), "note": note, "n_certified_sizes": int(cert_sizes),
             "n_frontier": int(np.isfinite(fr["n_opt"].to_numpy()).sum()),
             "frontier": {"compute": fr["compute"].to_numpy(), "n_opt": fr["n_opt"].to_numpy(),
                          "d_opt": fr["d_opt"].to_numpy(), "loss": fr["loss"].to_numpy(), "certified": cert}}
@@ -680,6 +869,8 @@ def _isoflop(C: np.ndarray, med: np.ndarray, N: np.ndarray, flops) -> dict:
     """Approach 2: each width's median excess interpolated (log-log, inside its own points) at
     ``ISO_BUDGETS`` log-spaced budgets, a parabola in log N per budget (the fit module's ``isoflop``)."""
     ok = np.isfinite(C) & np.isfinite(med) & (med > 0) & (C > 0)
+    if not ok.any():
+        return {"a": None, "b": None, "note": "no IsoFLOP frontier: no data (no point with a finite median)"}
     budgets = np.geomspace(C[ok].min(), C[ok].max(), ISO_BUDGETS)
     cs, ns, ls = [], [], []
     for w in range(len(N)):
@@ -780,7 +971,9 @@ def compute_frontier(data: xr.Dataset | Prepared, joint: list[dict] | None = Non
     ``b`` from certified points, ``a_ci`` bootstrap over runs, ``a_all`` from every point), ``isoflop``
     (approach 2: ``a``, ``b``, ``a_inside``), ``joint_fit`` (approach 3 per floor variant of ``joint``
     (:func:`joint_fits` rows, computed when None): ``a``, ``b``, ``a_ci``, ``expected_a``
-    = beta/(alpha+beta), the value for C = 6ND). [] without a steps dim."""
+    = beta/(alpha+beta), the value for C = 6ND). A slice without a known floor: approaches 1 and 2 on the median
+    raw loss (``note``; the envelope's minimisers are the same). A slice with no finite median: "no data".
+    [] without a steps dim."""
     prep = _prepared(data)
     if not prep.has_d:
         return []
@@ -789,10 +982,18 @@ def compute_frontier(data: xr.Dataset | Prepared, joint: list[dict] | None = Non
     out = []
     for sd in prep.slices:
         N = sd.n.get(HEADLINE_N, next(iter(sd.n)))
-        med = sd.median_excess
+        med = sd.median_y
         for count, C in sd.compute.items():
             row: dict = {"slice": sd.sel, "compute": count, "n_count": HEADLINE_N if HEADLINE_N in sd.n else
-                         next(iter(sd.n)), "points": {"compute": C, "median_excess": med, "n": N}}
+                         next(iter(sd.n)), "points": {"compute": C, "median_excess": med, "n": N},
+                         "note": ("no exact floor: approaches 1 and 2 on the median raw loss" if sd.floor_fitted
+                                  else "")}
+            ok = np.isfinite(C) & (C > 0) & np.isfinite(med) & (med > 0)
+            if not ok.any():
+                none = {"a": None, "b": None, "note": "no data: no (N, D) point with a finite median loss"}
+                row.update(envelope=dict(none), isoflop=dict(none), joint_fit={}, note=none["note"])
+                out.append(row)
+                continue
             per_token = flops = None
             if count == "exact":
                 with np.errstate(invalid="ignore", divide="ignore"):
@@ -803,20 +1004,23 @@ def compute_frontier(data: xr.Dataset | Prepared, joint: list[dict] | None = Non
                 env = _envelope(C, med, N, sd.tokens)
             except FitInputError as err:
                 env = {"a": None, "note": f"no envelope: {err}"}
-            if env.get("frontier") is not None and sd.runs > 1 and n_boot > 0:
+            if env.get("a") is not None and n_boot > 0 and sd.runs < MIN_BOOT_RUNS:
+                env["ci_note"] = _no_boot_note(sd.runs)
+            elif env.get("a") is not None and n_boot > 0:
                 draws = []
                 for _ in range(min(n_boot, FRONTIER_BOOT_MAX)):
                     idx = rng.integers(0, sd.runs, sd.runs)
                     try:
-                        a = _envelope(C, reduce_runs(sd.excess[idx], "median", axis=0), N, sd.tokens)["a"]
+                        a = _envelope(C, reduce_runs(sd.y[idx], "median", axis=0), N, sd.tokens)["a"]
                     except FitInputError:
                         a = None
                     draws.append(np.nan if a is None else a)
                 env.update(a_ci=_ci(draws, level), boot_valid=int(np.isfinite(draws).sum()))
+                _ci_quality(env, {"a": draws}, ["a"])
             row["envelope"] = env
             row["isoflop"] = _isoflop(C, med, N, flops)
-            ok = np.isfinite(C) & (C > 0)
-            budgets = np.geomspace(C[ok].min(), C[ok].max(), JOINT_BUDGETS)
+            cok = np.isfinite(C) & (C > 0)
+            budgets = np.geomspace(C[cok].min(), C[cok].max(), JOINT_BUDGETS)
             row["joint_fit"] = {}
             for j in (r for r in joint if r["slice"] == sd.sel and r.get("_result") is not None):
                 p = j["_result"].params
@@ -832,6 +1036,9 @@ def compute_frontier(data: xr.Dataset | Prepared, joint: list[dict] | None = Non
                 if boot is not None and boot.n_valid:
                     a_s = _law_a(boot.samples, budgets, per_token, n_range)
                     entry.update(a_ci=_ci(a_s, level), boot_valid=int(np.isfinite(a_s).sum()))
+                    _ci_quality(entry, {"a": a_s}, ["a"])
+                elif j.get("ci_note"):
+                    entry["ci_note"] = j["ci_note"]
                 row["joint_fit"][j["floor"]] = entry
             out.append(row)
     return out
@@ -845,7 +1052,8 @@ def mup_vs_sp(data: xr.Dataset | Prepared, n_rows: list[dict] | None = None, n_b
     at the largest D at its own best lr: ``by`` {parameterization: ``alpha``, ``alpha_ci``, ``window``
     (headline), ``alpha_common``, ``alpha_common_ci`` (over the widths every parameterization has fitted),
     ``median_excess``, ``best_lr`` per width}, ``lower`` (per common width, the parameterization with the
-    lowest excess). [] without the dim."""
+    lowest excess; the lowest loss when the floor is fitted), ``contrast`` (False, with ``note``, when only one
+    parameterization is present: nothing is compared). [] without the dim."""
     prep = _prepared(data)
     if not any("parameterization" in sd.sel for sd in prep.slices):
         return []
@@ -856,10 +1064,13 @@ def mup_vs_sp(data: xr.Dataset | Prepared, n_rows: list[dict] | None = None, n_b
         groups.setdefault(key, []).append((sd, row))
     out = []
     for key, members in groups.items():
-        fitted = [set(np.flatnonzero(np.isfinite(r["median_excess"]) & (r["median_excess"] > 0)))
-                  for _, r in members]
+        fitted = [set(np.flatnonzero(np.isfinite(r["_median_y"]) & (r["_median_y"] > 0))) for _, r in members]
         common = np.array(sorted(set.intersection(*fitted))) if fitted else np.array([], int)
-        entry = {"slice": dict(key), "by": {}, "common_widths": members[0][0].width[common] if common.size else []}
+        entry = {"slice": dict(key), "by": {}, "common_widths": members[0][0].width[common] if common.size else [],
+                 "contrast": len(members) > 1, "note": ""}
+        if not entry["contrast"]:
+            entry["note"] = (f"no muP-vs-SP contrast: only parameterization {members[0][0].sel['parameterization']!r} "
+                             "is present")
         for sd, r in members:
             k = r["fixed"]["index"]
             e = {"alpha": r["alpha"], "alpha_ci": r["alpha_ci"], "window": r["window"], "x": r["x"],
@@ -867,13 +1078,14 @@ def mup_vs_sp(data: xr.Dataset | Prepared, n_rows: list[dict] | None = None, n_b
                  "best_lr": sd.best_lr[:, k] if sd.best_lr is not None else None,
                  "lr_at_edge": sd.lr_at_edge[:, k] if sd.lr_at_edge is not None else None,
                  "alpha_common": None, "alpha_common_ci": None}
-            if common.size >= 2:
-                f = _fit(r["x"][common], sd.excess[:, common, k], "power_law", n_boot, seed, level)
+            if entry["contrast"] and common.size >= MIN_LAW_POINTS:
+                f = _fit(r["x"][common], sd.y[:, common, k], sd.form, n_boot, seed, level)
                 e.update(alpha_common=f["alpha"], alpha_common_ci=f["alpha_ci"])
             entry["by"][str(sd.sel["parameterization"])] = e
         names = list(entry["by"])
-        entry["lower"] = [names[int(np.argmin([entry["by"][p]["median_excess"][w] for p in names]))]
-                          for w in common]
+        meds = {str(sd.sel["parameterization"]): r["_median_y"] for sd, r in members}
+        entry["lower"] = [names[int(np.argmin([meds[p][w] for p in names]))]
+                          for w in common] if entry["contrast"] else []
         out.append(entry)
     return out
 
@@ -926,12 +1138,18 @@ def _ci_text(ci, fmt: str = ".3f") -> str:
     return f" [{_f(ci[0], fmt)}, {_f(ci[1], fmt)}]" if ci else ""
 
 
+def _ci_flag(r: dict, key: str = "alpha_ci") -> str:
+    """Why an interval is missing, or that it is coarse (from ``ci_note``), as text after the interval."""
+    return f" ({r['ci_note']})" if r.get("ci_note") and (r.get("ci_coarse") or not r.get(key)) else ""
+
+
 def describe(summary: dict) -> str:
     """Printable lines: floors and the floor check, lr winners at the edge, each slice's N and D exponents
     with window and R^2, the sensitivity spread, the 2-D fit, the frontier exponents, muP vs SP, skips."""
     lines = []
     fl = summary["floors"]
-    floors = ", ".join(f"{slice_name(s['slice'])}: {_f(s['floor'], '.4f')}"
+    floors = ", ".join(f"{slice_name(s['slice'])}: "
+                       + ("unknown (floor fitted)" if s.get("floor_fitted") else _f(s["floor"], ".4f"))
                        + (f" (entropy rate {_f(s['irreducible_loss'], '.4f')})" if s.get("irreducible_loss") is not None
                           else "") for s in summary["slices"])
     lines.append(f"loss floors (test-set Bayes loss, nats): {floors}")
@@ -940,6 +1158,8 @@ def describe(summary: dict) -> str:
                      f"{slice_name(fl['at'])} ({'ok' if fl['ok'] else 'BELOW'} the floor - {fl['tolerance']:g}; "
                      f"{fl['n_below_tolerance']} member(s) below it)")
     lr = summary["lr"]
+    if lr.get("single") is not None:
+        lines.append(f"lr not tuned: a single lr ({lr['single']:g}) was run, so no best lr per (N, D)")
     if lr.get("swept"):
         lines.append(f"best lr per (N, D) over {len(lr['swept'])} values: {lr['n_at_edge']} of {lr['n_points']} "
                      "points won at the edge of the swept range")
@@ -957,38 +1177,55 @@ def describe(summary: dict) -> str:
         dec = "" if r["decreasing"] is None else f"; excess strictly decreasing: {'yes' if r['decreasing'] else 'NO'}"
         if len(r["unfitted"]):
             dec += f" (not fitted, no finite median: {', '.join(f'{v:.3g}' for v in r['unfitted'])})"
-        lines.append(f"{what}-scaling ({slice_name(r['slice'])}) {at}: excess ~ {what}^-alpha, alpha = "
-                     f"{r['alpha']:.3f}{_ci_text(r['alpha_ci'])} over {span}, {w['decades']:.2f} decades, "
-                     f"R^2 {w['r2']:.4f} ({'' if w['passed'] else 'no window passed: '}{w['n_points']} points){dec}")
+        law = (f"loss ~ E + A {what}^-alpha (floor fitted: E = {_f(r.get('E'), '.4f')}{_ci_text(r.get('E_ci'), '.4f')})"
+               if r.get("floor_fitted") else f"excess ~ {what}^-alpha")
+        status = ("too few sizes for the window rule: " if w.get("too_few") else "" if w["passed"]
+                  else "no window passed: ")
+        if w["passed"] is False and not w.get("falling", True):
+            status = "the excess does NOT fall: "
+        lines.append(f"{what}-scaling ({slice_name(r['slice'])}) {at}: {law}, alpha = "
+                     f"{r['alpha']:.3f}{_ci_text(r['alpha_ci'])}{_ci_flag(r)} over {span}, {w['decades']:.2f} decades, "
+                     f"R^2 {_f(w['r2'], '.4f')} ({status}{w['n_points']} points){dec}")
     for s in summary["sensitivity"]["summary"]:
         if s.get("spread") is None:
             continue
         h = s["headline"]
-        parts = ", ".join(f"{k} {_f(v)}" for k, v in h.items())
+        parts = ", ".join(f"{k} {NO_FLOOR if s.get('floor_fitted') and k.startswith('fixed/') else _f(v)}"
+                          for k, v in h.items())
         wr = s["window_range"]
+        windows = (f"windows {_f(wr[0])} to {_f(wr[1])}" if s.get("window_varied", wr is not None)
+                   else s.get("window_note", "the fit window could not vary"))
+        extra = "".join(f"; {s[k]}" for k in ("spread_over_ci_note",) if s.get(k))
+        if s.get("floor_below_exact"):
+            extra += f"; {s['floor_below_exact']} E-free fit(s) put the floor BELOW the exact floor"
         lines.append(f"fit sensitivity ({slice_name(s['slice'])}): alpha_N {s['alpha_min']:.3f} to {s['alpha_max']:.3f} "
                      f"over {s['n_variants']} variants (spread {s['spread']:.3f}) vs median bootstrap interval "
-                     f"width {_f(s['median_ci_width'])}; headline window: {parts}; windows {_f(wr[0]) if wr else '-'}"
-                     f" to {_f(wr[1]) if wr else '-'}")
+                     f"width {_f(s['median_ci_width'])}; headline window: {parts}; {windows}{extra}")
     for j in summary["joint"]:
         if j["alpha"] is None:
             lines.append(f"2-D fit ({slice_name(j['slice'])}, E {j['floor']}): {j['note']}")
             continue
         e = "" if j["floor"] == "fixed" else f", E = {j['params']['E']:.4f} (floor {_f(j['floor_value'], '.4f')})"
+        if j.get("floor_below_exact"):
+            e += " (fitted E BELOW the exact floor)"
         lines.append(f"2-D fit ({slice_name(j['slice'])}, E {j['floor']}): alpha = {j['alpha']:.3f}"
                      f"{_ci_text(j['alpha_ci'])}, beta = {j['beta']:.3f}{_ci_text(j['beta_ci'])}{e}; 1-D: alpha_N "
                      f"{_f(j['alpha_1d'])}, alpha_D {_f(j['beta_1d'])}"
                      + ("" if j["converged"] else " (did NOT converge)"))
     for fr in summary["frontier"]:
         env, iso = fr["envelope"], fr["isoflop"]
-        parts = [f"envelope a = {_f(env.get('a'))}{_ci_text(env.get('a_ci'))} ({env.get('n_certified', 0)} certified "
-                 f"points at {env.get('n_certified_sizes', 0)} sizes; all points {_f(env.get('a_all'))})",
+        parts = [f"envelope a = {_f(env.get('a'))}{_ci_text(env.get('a_ci'))}{_ci_flag(env, 'a_ci')} "
+                 f"({env.get('n_certified', 0)} certified points at {env.get('n_certified_sizes', 0)} sizes; all "
+                 f"points {_f(env.get('a_all'))}{'; ' + env['note'] if env.get('note') else ''})",
                  f"IsoFLOP a = {_f(iso.get('a'))} ({iso.get('n_inside', 0)}/{iso.get('n_budgets', 0)} budgets inside)"]
         for floor, j in fr["joint_fit"].items():
-            parts.append(f"2-D fit (E {floor}) a = {_f(j['a'])}{_ci_text(j['a_ci'])}")
+            parts.append(f"2-D fit (E {floor}) a = {_f(j['a'])}{_ci_text(j['a_ci'])}{_ci_flag(j, 'a_ci')}")
         lines.append(f"compute-optimal ({slice_name(fr['slice'])}, C = {'6ND' if fr['compute'] == '6ND' else 'exact FLOPs'}"
-                     f"): N_opt ~ C^a: " + "; ".join(parts))
+                     f"): N_opt ~ C^a: " + "; ".join(parts) + (f" ({fr['note']})" if fr.get("note") else ""))
     for m in summary["mup_vs_sp"]:
+        if not m.get("contrast", True):
+            lines.append(f"muP vs SP ({slice_name(m['slice'])}): {m['note']}")
+            continue
         parts = [f"{p}: alpha_N {_f(e['alpha'])}{_ci_text(e['alpha_ci'])} (common widths {_f(e['alpha_common'])})"
                  for p, e in m["by"].items()]
         counts = {p: m["lower"].count(p) for p in m["by"]}
@@ -1024,6 +1261,9 @@ def plot_excess_vs_n(summary: dict, path: Path) -> Path:
     for ax, sl, r in zip(axes, slices, rows):
         x = _arr(r["x"])
         med = _arr(sl["median_excess"])
+        if r.get("floor_fitted") and r.get("E") is not None:      # no exact floor: the loss minus the fitted one
+            med = _arr(sl["median_loss"]) - r["E"]
+            med[~(med > 0)] = np.nan
         S = med.shape[1]
         for k in range(S):
             tok = _arr(sl["tokens"])[-1, k]
@@ -1169,7 +1409,7 @@ def plot_mup_sp(summary: dict, path: Path) -> Path:
     """Per group: excess vs N at the largest D for each parameterization at its best lr (annotated), with
     the fitted power laws."""
     from sweepjax.plots import save
-    groups = summary["mup_vs_sp"]
+    groups = [g for g in summary["mup_vs_sp"] if g.get("contrast", True)]
     fig, axes = _panels(len(groups), size=(5.5, 4.2))
     for ax, g in zip(axes, groups):
         for i, (p, e) in enumerate(g["by"].items()):
@@ -1209,7 +1449,7 @@ def make_figures(summary: dict, outdir: str | Path) -> list[Path]:
     for count in COMPUTES:
         if any(r["compute"] == count for r in summary["frontier"]):
             paths.append(plot_frontier(summary, count, out / f"language_frontier_{count.lower()}.png"))
-    if summary["mup_vs_sp"]:
+    if any(g.get("contrast", True) for g in summary["mup_vs_sp"]):
         paths.append(plot_mup_sp(summary, out / "language_mup_sp.png"))
     return paths
 
