@@ -86,6 +86,7 @@ import numpy as np
 import xarray as xr
 
 from sweepjax import fit as fitting
+from sweepjax.analysis.ladder import describe as describe_ladder, ladder, plot_ladder
 from sweepjax.fit.forms import Param, grid_product
 from sweepjax.fit.inputs import FitInputError, reduce_runs
 from sweepjax.fit.io import FLOORS, fitted_loss, slice_name
@@ -1096,7 +1097,8 @@ def summarize(ds: xr.Dataset, n_boot: int = 1000, seed: int = 0, level: float = 
               log: TextIO | None = None) -> dict:
     """Every part of the study: ``floors`` (:func:`floor_check`), ``lr`` (which lr won, edges), ``slices``
     (each slice's tables), ``n_scaling``, ``d_scaling``, ``sensitivity``, ``joint``, ``frontier``,
-    ``mup_vs_sp``, ``notes`` (what was skipped and why). Rows keep private ``_`` keys (arrays, fit objects)
+    ``mup_vs_sp``, ``ladder`` (the rungs of a ``task.source`` sweep side by side, :mod:`sweepjax.analysis.ladder`;
+    None without one), ``notes`` (what was skipped and why). Rows keep private ``_`` keys (arrays, fit objects)
     that :func:`to_json` drops."""
     prep = prepare(ds, log)
     n_rows = n_scaling(prep, n_boot, seed, level)
@@ -1107,6 +1109,7 @@ def summarize(ds: xr.Dataset, n_boot: int = 1000, seed: int = 0, level: float = 
             "sensitivity": sensitivity(prep, n_rows, n_boot, seed, level), "joint": joint,
             "frontier": compute_frontier(prep, joint, n_boot, seed, level),
             "mup_vs_sp": mup_vs_sp(prep, n_rows, n_boot, seed, level),
+            "ladder": ladder({"n_scaling": n_rows, "d_scaling": d_rows}),
             "notes": prep.notes + [f"{sd.name}: {n}" for sd in prep.slices for n in sd.notes],
             "settings": {"n_boot": n_boot, "joint_boot": min(n_boot, JOINT_BOOT_MAX),
                          "frontier_boot": min(n_boot, FRONTIER_BOOT_MAX), "level": level, "seed": seed,
@@ -1231,6 +1234,8 @@ def describe(summary: dict) -> str:
         counts = {p: m["lower"].count(p) for p in m["by"]}
         lines.append(f"muP vs SP ({slice_name(m['slice'])}): " + "; ".join(parts) + "; lower excess at "
                      + ", ".join(f"{p} {c}/{len(m['lower'])}" for p, c in counts.items()) + " widths")
+    if summary.get("ladder"):
+        lines.append(describe_ladder(summary["ladder"]))
     lines += [f"note: {n}" for n in summary["notes"]]
     return "\n".join(lines)
 
@@ -1451,6 +1456,8 @@ def make_figures(summary: dict, outdir: str | Path) -> list[Path]:
             paths.append(plot_frontier(summary, count, out / f"language_frontier_{count.lower()}.png"))
     if any(g.get("contrast", True) for g in summary["mup_vs_sp"]):
         paths.append(plot_mup_sp(summary, out / "language_mup_sp.png"))
+    if summary.get("ladder"):
+        paths.append(plot_ladder(summary["ladder"], out / "language_ladder.png"))
     return paths
 
 

@@ -1,0 +1,42 @@
+"""The language ladder: rungs in ladder order, the measured direction of each exponent, separated intervals."""
+from __future__ import annotations
+
+from sweepjax.analysis import ladder as L
+
+
+def row(source, alpha, ci, fitted=False, **extra):
+    return {"slice": {"source": source, **extra}, "alpha": alpha, "alpha_ci": ci, "floor_fitted": fitted,
+            **({"E": 1.5, "E_ci": [1.4, 1.6]} if fitted else {})}
+
+
+def summary(n, d):
+    return {"n_scaling": n, "d_scaling": d}
+
+
+def test_rungs_follow_the_ladder_and_the_direction_is_measured():
+    n = [row("corpus", 0.20, [0.18, 0.22], fitted=True), row("sampled:depth=4", 0.30, [0.25, 0.35]),
+         row("bigram", 0.60, [0.55, 0.65]), row("sampled:depth=1", 0.50, [0.45, 0.52]),
+         row("sampled:depth=2", 0.40, [0.33, 0.48])]
+    d = [row(r["slice"]["source"], a, None) for r, a in zip(n, [0.1, 0.2, 0.3, 0.25, 0.15])]
+    lad = L.ladder(summary(n, d))
+    (g,) = lad["ladders"]
+    assert g["order"] == ["bigram", "sampled:depth=1", "sampled:depth=2", "sampled:depth=4", "corpus"]
+    assert [r["source"] for r in lad["rungs"]] == g["order"]
+    assert g["alpha_N"]["direction"] == "falling"
+    assert g["alpha_N"]["separated"] == [True, False, False, True]
+    assert g["alpha_D"]["direction"] == "not monotone" and g["alpha_D"]["separated"] == [None] * 4
+    corpus = lad["rungs"][-1]
+    assert corpus["floor"] == "fitted" and corpus["E_ci"] == [1.4, 1.6] and lad["rungs"][0]["floor"] == "exact"
+    text = L.describe(lad)
+    assert "alpha_N along the ladder: falling; intervals separate 2 of 4" in text and "floor fitted E = 1.500" in text
+
+
+def test_no_source_dim_means_no_ladder_and_other_dims_keep_rungs_apart():
+    assert L.ladder(summary([{"slice": {"bias": 0.0}, "alpha": 0.5, "alpha_ci": None}], [])) is None
+    n = [row("bigram", 0.5, None, seed_set="a"), row("corpus", 0.4, None, fitted=True, seed_set="a"),
+         row("bigram", 0.3, None, seed_set="b")]
+    lad = L.ladder(summary(n, []))
+    assert [r["slice"].get("seed_set") for r in lad["rungs"]] == ["a", "a", "b"]
+    a, b = lad["ladders"]   # one ladder per value of the other dim, each with its own direction
+    assert a["slice"] == {"seed_set": "a"} and a["order"] == ["bigram", "corpus"] and b["order"] == ["bigram"]
+    assert a["alpha_N"]["direction"] == "falling" and b["alpha_N"]["direction"] == "unknown"
