@@ -558,8 +558,17 @@ class Above:
         return value > self.bound
 
 
-# A condition: key -> the values it must take (a tuple, or Above); all of them must hold.
-Condition = dict[str, "tuple | Above"]
+@dataclass(frozen=True)
+class Prefix:
+    """In a condition of :data:`APPLIES`: every string that starts with ``prefix``."""
+    prefix: str
+
+    def __contains__(self, value: Any) -> bool:
+        return isinstance(value, str) and value.startswith(self.prefix)
+
+
+# A condition: key -> the values it must take (a tuple, Above or Prefix); all of them must hold.
+Condition = dict[str, "tuple | Above | Prefix"]
 _MLP: Condition = {"model.family": ("mlp",)}
 _RESIDUAL_MLP: Condition = {"model.family": ("mlp",), "model.residual": (True,)}
 _TRANSFORMER: Condition = {"model.family": ("transformer",)}
@@ -629,6 +638,8 @@ def applies(key: str, cfg: Config) -> bool:
 def _show(key: str, values: Any) -> str:
     if isinstance(values, Above):
         return f"{key} > {values.bound:g}"
+    if isinstance(values, Prefix):
+        return f"{key} = '{values.prefix}...'"
     return f"{key} = {values[0]!r}" if len(values) == 1 else f"{key} in {list(values)}"
 
 

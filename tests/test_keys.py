@@ -51,6 +51,8 @@ TEACHER = {"task.name": "teacher", "task.teacher_depth": 2, "task.teacher_width"
 TEACHER_MSE = {**TEACHER, "task.target": "mse"}
 GRAPH = {"task.name": "graph-walk", "model.family": "transformer", "task.nodes": 12, "task.edges": 20}
 TEXT = {"task.name": "text", "model.family": "transformer"}
+# Paths relative to the directory of the `generators` fixture (test_key_changes_results runs there).
+SAMPLED = {**TEXT, "task.source": "sampled:", "task.generator": "generator-0", "task.pool_size": 64}
 
 # key -> (base where it acts, a non-default value[, keys that must change with it]): the run differs from the base's.
 CHECKED: dict[str, tuple] = {
@@ -75,6 +77,8 @@ CHECKED: dict[str, tuple] = {
     "task.graph_seed": (GRAPH, 1),
     "task.bias": (GRAPH, 1.0),
     "task.source": (TEXT, "bigram"),
+    "task.generator": (SAMPLED, "generator-1"),  # another seed's generator: another pool
+    "task.pool_size": (SAMPLED, 48),              # 4 steps of 8 read from a permutation of 48 sequences, not 64
     "model.activation": (MLP, "relu"),
     "model.residual": (MLP, True),
     "model.norm": (RESIDUAL, "rmsnorm"),
@@ -251,9 +255,26 @@ def test_every_key_is_placed():
         assert f"def {name}(" in (Path(__file__).parent / module).read_text(), (key, test)
 
 
+@pytest.fixture(scope="module")
+def generators(tmp_path_factory):
+    """The directory of SAMPLED's generators: generator-0 and generator-1, tiny transformers trained on the
+    corpus (context 4, width 4, 4 steps; seeds 0 and 1), saved with their parameters."""
+    from sweepjax.run import run as run_config
+    root = tmp_path_factory.mktemp("generators")
+    for seed in (0, 1):
+        run_config({"task": {"name": "text", "context": 4, "batch_size": 8, "test_size": 8},
+                    "model": {"family": "transformer", "heads": 1},
+                    "train": {"steps": 4, "chunk_steps": 4, "lr": 1e-2, "seed": seed},
+                    "eval": {"points": 2, "save_params": True}, "run": {"figures": False, "bootstrap": 0},
+                    "sweep": {"model.width": [4]}}, out=root / f"generator-{seed}", progress=False)
+    return root
+
+
 @pytest.mark.parametrize("key", sorted(CHECKED))
-def test_key_changes_results(key):
+def test_key_changes_results(key, request, monkeypatch):
     base, value, *also = CHECKED[key]
+    if "task.generator" in base:
+        monkeypatch.chdir(request.getfixturevalue("generators"))
     change = {key: value, **(also[0] if also else {})}
     assert applies(key, config(base)), f"{key} does not act in its base config"
     assert changed(run(base), run(base, change)), f"{key} = {value!r} left every number unchanged"
@@ -276,7 +297,7 @@ def test_eval_keys_add_their_variables():
 
 # Bases tried, in order, for a config where a key has no effect.
 ELSEWHERE = [MLP, TRANSFORMER, LBFGS, TEACHER_MSE, {**SPARSE, "task.n_tasks": 1}, GRAPH,
-             {"run.max_padding_waste": 0.0}]
+             {"run.max_padding_waste": 0.0}, TEXT]
 
 
 CONDITIONAL = sorted({k for t in TASKS for k in schema(t).applies})

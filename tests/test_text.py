@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections import Counter
 
 import jax
@@ -11,10 +13,13 @@ import pytest
 import xarray as xr
 from scipy import stats
 
+import sweepjax
 from sweepjax import corpus
 from sweepjax.config import ConfigError, build_config
+from sweepjax.generate import sample
+from sweepjax.members import load_member
 from sweepjax.run import run
-from sweepjax.tasks.text import BigramSource, CorpusSource, Text, bigram_chain, window_counts
+from sweepjax.tasks.text import BigramSource, CorpusSource, SampledSource, Text, bigram_chain, window_counts
 
 
 def text_task(**keys) -> Text:
@@ -149,12 +154,12 @@ def test_corpus_windows_one_epoch_within_the_split():
     t = text_task(context=64, batch_size=16)
     src = t.source
     assert isinstance(src, CorpusSource) and t.floors() == {}
-    n = src.n_windows
+    n = src.n_train
     assert n == window_counts(64)[0] == len(corpus.split()[0]) // 65
     steps = n // 16
-    index = np.asarray(jax.jit(jax.vmap(lambda s: src.window_index(jax.random.key(3), s)))(jnp.arange(steps)))
+    index = np.asarray(jax.jit(jax.vmap(lambda s: src.train_index(jax.random.key(3), s)))(jnp.arange(steps)))
     assert len(np.unique(index)) == steps * 16 and index.min() >= 0 and index.max() < n   # no window twice
-    other = np.asarray(src.window_index(jax.random.key(4), 0))
+    other = np.asarray(src.train_index(jax.random.key(4), 0))
     assert not np.array_equal(other, index[0])           # another data seed, another order
     x, y = (np.asarray(a) for a in t.train_batch(jax.random.key(3), jnp.asarray(2), {}, jnp.float32))
     assert x.shape == y.shape == (16, 64) and x.dtype == np.int32 and np.array_equal(x[:, 1:], y[:, :-1])
@@ -169,7 +174,7 @@ def test_corpus_windows_one_epoch_within_the_split():
         text = corpus.decode(row)
         assert text in test
         assert all(corpus.is_test(d) for d in text.split(corpus.SEPARATOR)[1:-1])
-    whole = [d for row in src._train[:2000] for d in corpus.decode(row).split(corpus.SEPARATOR)[1:-1]]
+    whole = [d for row in src.train_sequences()[:2000] for d in corpus.decode(row).split(corpus.SEPARATOR)[1:-1]]
     assert whole and not any(corpus.is_test(d) for d in whole)
     ex, ey = t.examples(jax.random.split(jax.random.key(0), 5), {}, jnp.float32)
     assert ex.shape == (5, 64) and np.array_equal(ex[:, 1:], ey[:, :-1])
@@ -209,3 +214,118 @@ def test_sweep_over_sources_records_the_corpus(tmp_path):
     assert np.isnan(bayes.sel(source="corpus")).all()           # no floor for the text itself
     assert np.all(final.sel(source="bigram") >= bayes.sel(source="bigram") - 0.01)
     assert (tmp_path / "out" / "language.json").is_file()
+
+
+# ---- the sampled source ----------------------------------------------------------------------------
+
+CTX = 8                 # the generators' context (and the sampled sweeps')
+
+
+@pytest.fixture(scope="module")
+def generators(tmp_path_factory):
+    """Tiny generators of context 8 trained on the corpus (depth 1 and 2), saved with their parameters (a width
+    axis of one value: the language study after the run reads a width dim)."""
+    out = tmp_path_factory.mktemp("generators") / "gen"
+    run({"task": {"name": "text", "context": CTX, "batch_size": 16, "test_size": 32},
+         "model": {"family": "transformer", "heads": 2},
+         "train": {"steps": 30, "chunk_steps": 30, "lr": 1e-2}, "eval": {"points": 2, "save_params": True},
+         "run": {"figures": False, "bootstrap": 0}, "sweep": {"model.depth": [1, 2], "model.width": [16]}},
+        out=out, progress=False)
+    return out
+
+
+def sampled_keys(generators, **keys) -> dict:
+    """Dotted keys of a sampled sweep on the tiny generators (20 steps of 8 from a pool of 160)."""
+    return {"task.name": "text", "task.source": "sampled:depth=1", "task.generator": str(generators),
+            "task.pool_size": 160, "task.context": CTX, "task.batch_size": 8, "task.test_size": 32,
+            "model.family": "transformer", "train.steps": 20, **keys}
+
+
+def resampled(generators, depth: int, key: jax.Array, n: int):
+    """Sequences of the generator of ``depth`` sampled independently of the task: (tokens, entropy, log_prob)."""
+    start = np.bincount(np.frombuffer(corpus.split()[0], np.uint8), minlength=256)
+    return (np.asarray(a) for a in sample(load_member(generators, depth=depth), key, n, CTX, 1.0, start))
+
+
+def test_sampled_sweep_runs_and_its_floors_are_the_generators_own(generators, tmp_path):
+    keys = sampled_keys(generators, **{"model.heads": 2, "train.chunk_steps": 20, "eval.points": 2,
+                                       "run.figures": False, "run.bootstrap": 0})
+    del keys["task.source"]
+    axes = {"sweep.task.source": ["sampled:depth=1", "sampled:depth=2"], "sweep.model.width": [8, 16]}
+    ds = run({}, set={**keys, **axes}, out=tmp_path / "out", progress=False)
+    assert np.all(np.isfinite(ds["final_test_loss"].values))
+    pool_key, test_key = jax.random.key(1), jax.random.fold_in(jax.random.key(0), 2**31 - 1)
+    floors = {}
+    for depth in (1, 2):
+        source = f"sampled:depth={depth}"
+        pool, entropy, _ = resampled(generators, depth, pool_key, 160)
+        test, _, log_prob = resampled(generators, depth, test_key, 32)
+        floors[depth] = float(ds["irreducible_loss"].sel(source=source)[0])
+        np.testing.assert_allclose(ds["irreducible_loss"].sel(source=source), np.mean(entropy, dtype=np.float64),
+                                   rtol=1e-6)
+        np.testing.assert_allclose(ds["test_bayes_loss"].sel(source=source), -np.mean(log_prob, dtype=np.float64),
+                                   rtol=1e-6)
+        task = text_task(**{k[5:]: v for k, v in sampled_keys(generators, **{"task.source": source}).items()
+                            if k.startswith("task.") and k != "task.name"})
+        np.testing.assert_array_equal(task.source.train_sequences(), pool)          # the pool, as sampled
+        np.testing.assert_array_equal(task.test_set(jnp.float32)[0], test[:, :-1])  # the test set, as sampled
+    assert abs(floors[1] - floors[2]) > 1e-3, floors         # two generators, two sources
+    info = json.loads(ds.attrs["generator_member"])
+    assert sorted(info.values()) == ["depth=1", "depth=2"] and ds.attrs["generator_width"] == 16
+    assert ds.attrs["generator_results"] == str(generators.resolve()) and ds.attrs["generator_context"] == CTX
+    assert ds.attrs["corpus_sha256"] == hashlib.sha256(corpus.build_corpus()).hexdigest()
+
+
+def test_sampled_pool_is_read_one_epoch_without_replacement(generators):
+    keys = {k[5:]: v for k, v in sampled_keys(generators).items() if k.startswith("task.") and k != "task.name"}
+    src = text_task(**keys).source
+    assert isinstance(src, SampledSource) and src.n_train == 160
+    pool = src.train_sequences()
+    assert pool.shape == (160, CTX + 1) and pool.dtype == np.uint8
+    index = np.asarray(jax.vmap(lambda s: src.train_index(jax.random.key(3), s))(jnp.arange(20)))
+    assert sorted(index.ravel()) == list(range(160))           # 20 steps of 8: every pool sequence exactly once
+    other = np.asarray(jax.vmap(lambda s: src.train_index(jax.random.key(4), s))(jnp.arange(20)))
+    assert sorted(other.ravel()) == list(range(160)) and not np.array_equal(other, index)   # a data seed: an order
+    x, y = (np.asarray(a) for a in src.train_batch(jax.random.key(3), jnp.asarray(5), {}, jnp.float32))
+    np.testing.assert_array_equal(np.concatenate([x, y[:, -1:]], axis=1), pool[index[5]])
+    # sampled once per process: another task object (another batch size) reads the very same pool
+    assert text_task(**{**keys, "batch_size": 4}).source.train_sequences() is pool
+
+
+@pytest.mark.parametrize("keys,message", [
+    ({"train.steps": 21}, "train.steps = 21 with task.batch_size = 8 and task.source = 'sampled:depth=1': one epoch "
+                          "of the generator's pool holds task.pool_size = 160 sequences, the longest member would "
+                          "read 168; use at most 20 steps (or a task.pool_size of 168)"),
+    ({"task.pool_size": 0}, "task.pool_size = 0 with task.source = 'sampled:depth=1': set the number"),
+    ({"task.generator": ""}, "task.source = 'sampled:depth=1' needs task.generator: the results directory"),
+    ({"task.generator": "nowhere"}, "task.generator = 'nowhere': no results at"),
+    ({"task.source": "sampled:depth=3"}, "task.source = 'sampled:depth=3' with task.generator = "),
+    ({"task.source": "sampled:depth"}, "task.source = 'sampled:depth': member selector 'depth': expected dim=value"),
+    ({"task.source": "sampled:"}, "task.source = 'sampled:' with task.generator = "),
+    ({"task.context": CTX + 1}, f"task.context = {CTX + 1} with task.source = 'sampled:depth=1': the generator "
+                                f"{{'depth': 1, 'width': 16}} of "),
+    ({"task.source": "corpus", "task.pool_size": 0}, "task.generator = "),
+    ({"task.source": "corpus", "task.generator": ""}, "task.pool_size = 160: has no effect with task.source = "
+                                                      "'corpus' (only with task.source = 'sampled:...'): only a "
+                                                      "sampled source samples from a generator; remove it (default 0)"),
+])
+def test_bad_sampled_sources_are_refused(generators, keys, message):
+    with pytest.raises(ConfigError) as err:
+        build_config({}, list(sampled_keys(generators, **keys).items()))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+    build_config({}, list(sampled_keys(generators).items()))       # the base is valid
+
+
+def test_generators_that_are_unsaved_or_not_trained_on_the_corpus_are_refused(generators, tmp_path):
+    ds = sweepjax.load(generators)
+    for name, bad, message in [
+            ("unsaved", ds.drop_vars([v for v in ds.data_vars if v.startswith("param.")]), "save_params"),
+            ("bigram", ds.assign_attrs(sweepjax_config=ds.attrs["sweepjax_config"].replace(
+                'source = "corpus"', 'source = "bigram"')), "trained on task 'text' with source 'bigram'; a "
+                                                            "sampled source needs a transformer trained on task "
+                                                            "'text', source 'corpus'")]:
+        (tmp_path / name).mkdir()
+        bad.to_netcdf(tmp_path / name / "results.nc", engine="h5netcdf")
+        with pytest.raises(ConfigError, match=re.escape(message)) as err:
+            build_config({}, list(sampled_keys(tmp_path / name).items()))
+        assert "\n" not in str(err.value)
