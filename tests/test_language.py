@@ -409,3 +409,11 @@ def test_unknown_floor_is_fitted_not_taken_as_zero():
     assert table["corpus"]["floor_fitted"] and table["corpus"]["floor"] is None
     assert "unknown (floor fitted)" in text and "loss ~ E + A N^-alpha (floor fitted: E = " in text and lang.NO_FLOOR in text
     json.dumps(lang.to_json(s), allow_nan=False)
+
+
+def test_a_sweep_without_widths_is_skipped_with_a_note(tmp_path):
+    """The ladder's generators sweep depth only: the study step says why it does nothing instead of failing."""
+    ds = sweep(B=1e-9, seeds=1).isel(steps=-1, seed=0, width=0, drop=True)
+    log = io.StringIO()
+    assert lang.analyse(ds, tmp_path, SimpleNamespace(bootstrap=0, figures=True), [], log=log) == []
+    assert "no width axis" in log.getvalue() and not (tmp_path / "language.json").exists()

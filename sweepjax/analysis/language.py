@@ -1468,6 +1468,10 @@ def analyse(ds: xr.Dataset, out: str | Path, run_cfg, width_rows: list[dict], lo
     when ``run.figures``. ``width_rows`` (the generic width fit over every lr and D) is not used: the fits
     here are on the best lr at each (N, D)."""
     from sweepjax.files import FIGURES_DIR, atomic_write
+    if "width" not in ds.dims:   # a sweep of other things (the ladder's generators: depth only): no study
+        if log:
+            print("language analysis skipped: the sweep has no width axis (N-scaling needs one)", file=log)
+        return []
     summary = summarize(ds, n_boot=int(run_cfg.bootstrap), log=warn)
     if log:
         print(describe(summary), file=log)
