@@ -1265,25 +1265,38 @@ def plot_excess_vs_n(summary: dict, path: Path) -> Path:
     fig, axes = _panels(len(rows))
     for ax, sl, r in zip(axes, slices, rows):
         x = _arr(r["x"])
-        med = _arr(sl["median_excess"])
-        if r.get("floor_fitted") and r.get("E") is not None:      # no exact floor: the loss minus the fitted one
-            med = _arr(sl["median_loss"]) - r["E"]
-            med[~(med > 0)] = np.nan
+        med = _plotted_excess(sl, r)
         S = med.shape[1]
         for k in range(S):
             tok = _arr(sl["tokens"])[-1, k]
             ax.plot(x, med[:, k], "o-", ms=3, lw=1, color=plt.cm.viridis(k / max(S - 1, 1)),
                     label=f"D = {tok:.2g}" if S <= 8 or k in (0, S - 1) else None)
-        if r["alpha"] is not None:
-            w = r["window"]
-            ax.axvspan(w["lo"], w["hi"], color="0.9", zorder=0)
-            xs = np.geomspace(w["lo"], w["hi"], 50)
-            ax.plot(xs, r["params"]["A"] * xs ** -r["alpha"], "k--", lw=1.2,
-                    label=f"alpha_N = {r['alpha']:.3f}{_ci_text(r['alpha_ci'], '.3f')}, R^2 {w['r2']:.3f}")
+        _draw_law(ax, r, "alpha_N")
         ax.set(xscale="log", yscale="log", xlabel=f"N ({r['x_name']})", ylabel="excess loss L - L_irr (nats)",
                title=f"Excess vs N ({slice_name(r['slice'])})")
         ax.legend(fontsize=6)
     return save(fig, path)
+
+
+def _plotted_excess(sl: dict, r: dict) -> np.ndarray:
+    """A slice's median excess (width x D) as plotted: over its exact floor, or, where the floor is fitted
+    (no exact one), the median loss minus the law's fitted E (non-positive values left out)."""
+    if r.get("floor_fitted") and r.get("E") is not None:
+        med = _arr(sl["median_loss"]) - r["E"]
+        med[~(med > 0)] = np.nan
+        return med
+    return _arr(sl["median_excess"])
+
+
+def _draw_law(ax, r: dict, name: str) -> None:
+    """The fitted power law of row ``r`` over its window (shaded), labelled with its exponent ``name``."""
+    if r["alpha"] is None:
+        return
+    w = r["window"]
+    ax.axvspan(w["lo"], w["hi"], color="0.9", zorder=0)
+    xs = np.geomspace(w["lo"], w["hi"], 50)
+    ax.plot(xs, r["params"]["A"] * xs ** -r["alpha"], "k--", lw=1.2,
+            label=f"{name} = {r['alpha']:.3f}{_ci_text(r['alpha_ci'])}, R^2 {w['r2']:.3f}")
 
 
 def plot_excess_vs_d(summary: dict, path: Path) -> Path:
@@ -1292,17 +1305,12 @@ def plot_excess_vs_d(summary: dict, path: Path) -> Path:
     rows = summary["d_scaling"]
     fig, axes = _panels(len(rows))
     for ax, sl, r in zip(axes, summary["slices"], rows):
-        med, tok, widths = _arr(sl["median_excess"]), _arr(sl["tokens"]), sl["width"]
+        med, tok, widths = _plotted_excess(sl, r), _arr(sl["tokens"]), sl["width"]
         W = med.shape[0]
         for w in range(W):
             ax.plot(tok[w], med[w], "o-", ms=3, lw=1, color=plt.cm.plasma(w / max(W - 1, 1) * 0.9),
                     label=f"width {widths[w]:g}" if W <= 8 or w in (0, W - 1) else None)
-        if r["alpha"] is not None:
-            win = r["window"]
-            ax.axvspan(win["lo"], win["hi"], color="0.9", zorder=0)
-            xs = np.geomspace(win["lo"], win["hi"], 50)
-            ax.plot(xs, r["params"]["A"] * xs ** -r["alpha"], "k--", lw=1.2,
-                    label=f"alpha_D = {r['alpha']:.3f}{_ci_text(r['alpha_ci'])}, R^2 {win['r2']:.3f}")
+        _draw_law(ax, r, "alpha_D")
         ax.set(xscale="log", yscale="log", xlabel="D (training tokens)", ylabel="excess loss L - L_irr (nats)",
                title=f"Excess vs D ({slice_name(r['slice'])})")
         ax.legend(fontsize=6)
