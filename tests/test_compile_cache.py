@@ -36,7 +36,7 @@ def run(out, **run_keys):
 def test_a_second_run_reads_its_programs_back_with_the_same_results(fresh_jax_cache, tmp_path):
     first = run(tmp_path / "a")
     entries = list(compile_cache_dir().iterdir())
-    assert entries and jax.config.jax_compilation_cache_dir == str(compile_cache_dir())
+    assert entries and jax.config.jax_compilation_cache_dir is None   # JAX's settings restored after the run
     assert not fresh_jax_cache   # nothing to read back yet
     jax.clear_caches()           # as a new process: no program held in memory
     second = run(tmp_path / "b")
@@ -48,6 +48,15 @@ def test_a_second_run_reads_its_programs_back_with_the_same_results(fresh_jax_ca
 def test_off_leaves_jax_without_a_cache(fresh_jax_cache, tmp_path):
     run(tmp_path / "a", compile_cache=False)
     assert jax.config.jax_compilation_cache_dir is None and not compile_cache_dir().exists()
+
+
+def test_off_after_on_writes_nothing(fresh_jax_cache, tmp_path):
+    """A run with the cache on does not leave it on for a later run with it off (or the caller's programs)."""
+    run(tmp_path / "a")
+    entries = sorted(compile_cache_dir().iterdir())
+    jax.clear_caches()
+    run(tmp_path / "b", compile_cache=False, max_padding_waste=1.0)   # other programs: they would be new entries
+    assert sorted(compile_cache_dir().iterdir()) == entries and not fresh_jax_cache
 
 
 def test_a_directory_the_user_gave_jax_is_kept(fresh_jax_cache, tmp_path):

@@ -13,6 +13,8 @@ The cache grows with the distinct programs run; delete the directory to reclaim 
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from sweepjax.files import cache_dir
@@ -25,19 +27,27 @@ def compile_cache_dir() -> Path:
     return cache_dir() / "xla"
 
 
-def use_compile_cache(enabled: bool) -> str | None:
-    """Turn JAX's persistent compilation cache on for this process, in :func:`compile_cache_dir`, and return the
-    directory in use; a directory the user gave JAX already (``JAX_COMPILATION_CACHE_DIR`` or
-    ``jax.config``) is kept. ``enabled = False`` leaves JAX's settings as they are (off unless the user set a
-    directory). Takes effect for the next compilation even if this process compiled before."""
+@contextlib.contextmanager
+def compile_cache(enabled: bool) -> Iterator[str | None]:
+    """Within the block, JAX's persistent compilation cache is on, in :func:`compile_cache_dir`; yields the
+    directory in use. A directory the user gave JAX already (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``)
+    is kept; ``enabled = False`` adds none (JAX's own settings stay). JAX's settings are restored after the
+    block, so a notebook's own programs are not written to sweepjax's cache and a later run with the cache
+    off writes nothing. Takes effect for the next compilation even if this process compiled before."""
     import jax
-    from jax.experimental.compilation_cache import compilation_cache
+    from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
-    current = jax.config.jax_compilation_cache_dir
-    if not enabled or current:
-        return current
+    kept = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    if not enabled or kept[0]:
+        yield kept[0]
+        return
     path = str(compile_cache_dir())
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
-    compilation_cache.reset_cache()   # JAX decides once per process whether to use the cache: decide again
-    return path
+    jax_cache.reset_cache()   # JAX decides once per process whether to use the cache: decide again
+    try:
+        yield path
+    finally:
+        jax.config.update("jax_compilation_cache_dir", kept[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", kept[1])
+        jax_cache.reset_cache()
