@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,8 +43,11 @@ class Group:
         return int(self.values["train.steps"].max())
 
     def label(self) -> str:
+        """The structural values, then the range of width, depth and of each other swept per-member size or length
+        (``model.heads``, ``model.mlp_ratio``, ``train.steps``) over the group's members."""
         parts = [f"{dim_name(k)}={v}" for k, v in self.structural.items()]
-        for key in ("model.width", "model.depth") + (("train.steps",) if "train.steps" in self.config.sweep else ()):
+        swept = tuple(k for k in ("model.heads", "model.mlp_ratio", "train.steps") if k in self.config.sweep)
+        for key in ("model.width", "model.depth") + swept:
             lo, hi = self.values[key].min(), self.values[key].max()
             parts.append(f"{dim_name(key)} {lo}" + (f"-{hi}" if hi > lo else ""))
         return ", ".join(parts)
@@ -60,6 +64,10 @@ class Group:
         """Each member's true sizes as a dict (size key -> int)."""
         keys = list(self.sizes())
         return [dict(zip(keys, shape)) for shape in self.shapes()]
+
+    def kinds(self) -> list[tuple]:
+        """Each member's kind, (steps, *true sizes): members of one kind cost the same."""
+        return [(int(n), *shape) for n, shape in zip(self.values["train.steps"], self.shapes())]
 
     def subset(self, rows: np.ndarray) -> "Group":
         """The members at positions ``rows`` of this group, as a group of their own."""
@@ -116,15 +124,19 @@ def partition(n: int, cost: Callable[[int, int], float]) -> list[tuple[int, int]
     """The split of items 0 .. n-1, in their order, into runs [i, j) of minimal summed ``cost(i, j)``.
 
     Dynamic programming over the n (n + 1) / 2 runs: best[j] = min over i of best[i] + cost(i, j).
-    Ties go to the fewer, longer runs. ``cost`` may be ``inf`` (a run not allowed); a run of one item
-    must be finite.
+    Ties go to the fewer, longer runs. ``cost`` is ``inf`` for a run not allowed; a finite cost counts at most
+    float max / (n + 1), so that sums stay finite. Raises ``ValueError`` if no split into allowed runs exists.
     """
     best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    cap = sys.float_info.max / (n + 1)
     for j in range(1, n + 1):
         for i in range(j):
-            c = best[i] + cost(i, j)
+            c = cost(i, j)
+            c = best[i] + min(c, cap) if c < math.inf else math.inf
             if c < best[j]:
                 best[j], cut[j] = c, i
+    if best[n] == math.inf:
+        raise ValueError(f"no split of {n} items into allowed runs")
     runs, j = [], n
     while j:
         runs.append((cut[j], j))
@@ -153,7 +165,7 @@ def bucket(group: Group, max_waste: float, calibration: Callable[[Config], Calib
     program of the group. Results do not change (padding invariance, per-member steps); only the work does.
     """
     keys = list(group.sizes())
-    rows_of = [(int(n), *shape) for n, shape in zip(group.values["train.steps"], group.shapes())]
+    rows_of = group.kinds()
     work = lambda kind: group.cost(dict(zip(keys, kind[1:])), kind[0])
     kinds = sorted(set(rows_of), key=lambda k: (work(k), k), reverse=True)
     if not max_waste or len(kinds) == 1:
@@ -167,7 +179,7 @@ def bucket(group: Group, max_waste: float, calibration: Callable[[Config], Calib
 
     def split(order: list[tuple]) -> tuple[float, list[set[tuple]]]:
         """The cheapest split of ``order`` into runs, and its estimated seconds."""
-        table = {}   # (i, j) -> estimated seconds of the bucket order[i:j], inf beyond the waste bound
+        table = {}   # (i, j) -> estimated seconds of the bucket order[i:j] (finite), inf beyond the waste bound
         for j in range(1, len(order) + 1):
             top, n, needed = order[j - 1], 0, 0.0   # running maxima (steps, *sizes) and sums of the run
             for i in range(j - 1, -1, -1):          # growing the run downwards
@@ -175,10 +187,12 @@ def bucket(group: Group, max_waste: float, calibration: Callable[[Config], Calib
                 top = tuple(map(max, top, kind))
                 n, needed = n + members[kind], needed + own[kind]
                 executed = n * forward(top[1:]) * top[0]
-                table[i, j] = (math.inf if executed > max_waste * needed
-                               else cal.program_seconds + seconds_per_flop * executed)
+                allowed = i == j - 1 or executed <= max_waste * needed   # one kind: waste 1, always allowed
+                seconds = min(cal.program_seconds + seconds_per_flop * executed, sys.float_info.max)
+                table[i, j] = seconds if allowed else math.inf
         runs = partition(len(order), lambda i, j: table[i, j])
-        return sum(table[r] for r in runs), [set(order[i:j]) for i, j in runs]
+        cap = sys.float_info.max / (len(order) + 1)   # as partition counts them
+        return sum(min(table[r], cap) for r in runs), [set(order[i:j]) for i, j in runs]
 
     axis_first = lambda a: sorted(kinds, key=lambda k: (k[a], work(k), k), reverse=True)   # a: steps, then each size
     orders = [kinds] + [axis_first(a) for a in range(len(keys) + 1)]
@@ -189,8 +203,12 @@ def bucket(group: Group, max_waste: float, calibration: Callable[[Config], Calib
 def build_grid(cfg: Config) -> Grid:
     """Enumerate members, split them into structural groups and those into size buckets (:func:`bucket`).
 
-    When the buckets need the cost model and ``run.program_seconds`` or ``run.flop_rate`` is 0 (measure), the
-    numbers used are written into ``cfg.run``: the resolved config records them.
+    All groups are costed with one calibration, whatever the order of the axes: that of the first, in sorted order,
+    of the (reference program, precision) pairs (:func:`sweepjax.engine.calibrate.reference`) of the groups that
+    have a split to choose (more than one member kind, ``run.max_padding_waste`` > 0): a sweep mixing model kinds
+    or precisions costs all its groups with that pair's numbers. Those numbers are written into ``cfg.run``
+    (where ``run.program_seconds`` or ``run.flop_rate`` was 0: measure), so the resolved config records them and a
+    resumed run splits alike.
     """
     keys = list(cfg.sweep)
     combos = list(itertools.product(*(cfg.sweep[k] for k in keys)))
@@ -201,17 +219,7 @@ def build_grid(cfg: Config) -> Grid:
         member = dict(zip(keys, combo))
         structural = {k: member[k] for k in structural_keys}
         by_struct.setdefault(repr(structural), (structural, []))[1].append(i)
-    groups, measured = [], []
-
-    def calibration(group_cfg: Config) -> Calibration:
-        """One calibration per sweep (its first group's family and precision), written into ``cfg.run`` so that
-        the saved config records the numbers the buckets came from (and a resumed run splits alike)."""
-        if not measured:
-            from sweepjax.engine.calibrate import calibrate   # the engine sits above the grid: import here
-            measured.append(calibrate(group_cfg))
-            cfg.run.program_seconds, cfg.run.flop_rate = measured[0].program_seconds, measured[0].flop_rate
-        return measured[0]
-
+    groups = []
     for structural, idx in by_struct.values():
         gcfg = cfg.with_values(structural)
         values = {}
@@ -226,5 +234,13 @@ def build_grid(cfg: Config) -> Grid:
         # data_seed = -1 means "follow the init seed": independent data stream per init seed.
         ds = values["task.data_seed"]
         values["task.data_seed"] = np.where(ds < 0, values["train.seed"], ds)
-        groups += bucket(Group(structural, gcfg, np.array(idx), values), cfg.run.max_padding_waste, calibration)
-    return Grid(dict(cfg.sweep), groups)
+        groups.append(Group(structural, gcfg, np.array(idx), values))
+    choosing = [g for g in groups if cfg.run.max_padding_waste and len(set(g.kinds())) > 1]
+    if not choosing:
+        return Grid(dict(cfg.sweep), groups)
+    from sweepjax.engine.calibrate import calibrate, reference   # the engine sits above the grid: import here
+    pair = lambda g: (reference(g.config), g.config.train.precision)
+    cal = calibrate(min(choosing, key=pair).config)
+    cfg.run.program_seconds, cfg.run.flop_rate = cal.program_seconds, cal.flop_rate
+    buckets = [b for g in groups for b in bucket(g, cfg.run.max_padding_waste, lambda _: cal)]
+    return Grid(dict(cfg.sweep), buckets)

@@ -115,7 +115,8 @@ def _padded_sizes(cfg: Config) -> dict[str, int]:
     from sweepjax.grid import build_grid
     from sweepjax.models import padded_sizes
     out: dict[str, int] = {}
-    for group in build_grid(cfg).groups:
+    # Unbucketed (no calibration to measure): buckets split a group's members, so the maxima are the same.
+    for group in build_grid(cfg.with_values({"run.max_padding_waste": 0.0})).groups:
         for k, v in padded_sizes(group.sizes()).items():
             out[k] = max(out.get(k, 0), v)
     return out

@@ -345,8 +345,9 @@ def task_floors(grid: Grid) -> dict[str, np.ndarray]:
 
 def task_info(grid: Grid) -> dict[str, str | int | float]:
     """The tasks' :meth:`sweepjax.tasks.base.Task.info`, name -> value, gathered over the groups' task configs:
-    a value shared by every group that has the name is kept as it is; one that differs between groups becomes
-    a JSON object, each group's structural task keys (``"source=corpus"``) -> its value."""
+    a value that every group has, equal in all, is kept as it is; one that differs between groups, or that
+    only some groups have, becomes a JSON object, each group's structural task keys (``"source=corpus"``) ->
+    its value."""
     from sweepjax.config import dim_name
     from sweepjax.tasks import make_task
     per_group: dict[str, dict] = {}
@@ -358,8 +359,9 @@ def task_info(grid: Grid) -> dict[str, str | int | float]:
         label = ", ".join(f"{dim_name(k)}={v}" for k, v in g.structural.items() if k.startswith("task.")) or key
         for name, value in seen[key].items():
             per_group.setdefault(name, {})[label] = value
-    return {name: next(iter(v.values())) if len({json.dumps(x) for x in v.values()}) == 1 else json.dumps(v)
-            for name, v in per_group.items()}
+    groups = {label for v in per_group.values() for label in v}
+    return {name: next(iter(v.values())) if set(v) == groups and len({json.dumps(x) for x in v.values()}) == 1
+            else json.dumps(v) for name, v in per_group.items()}
 
 
 def analyse(out: Path, ds: xr.Dataset, run_cfg: RunConfig, log: TextIO | None = None,

@@ -1,10 +1,21 @@
 """Shared test helpers: small configs built in code, run on CPU."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
 
 from sweepjax.config import build_config
 from sweepjax.run import run_sweep
+
+# Every test, and every process a test starts, buckets with the same cost model (typical of a 2-core CPU) instead
+# of timing this machine: splits that do not depend on the load or the machine, no minute of measuring in CI; and
+# caches (calibration, compiled programs, corpus) go to a directory of this session, not ~/.cache.
+# tests/test_grid.py times the engine itself.
+os.environ["SWEEPJAX_CALIBRATION"] = "2.5,3.5e9"
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sweepjax-tests-")
 
 
 def small_config(sweep: dict, **sections) -> "Config":
@@ -36,17 +47,6 @@ def run(sweep: dict, **sections):
     """Results Dataset of a small sweep (silent)."""
     ds, _ = run_sweep(small_config(sweep, **sections), log=None)
     return ds
-
-
-@pytest.fixture(autouse=True)
-def fixed_calibration(tmp_path_factory, monkeypatch):
-    """Every test buckets with the same cost model (typical of a 2-core CPU) instead of timing this machine:
-    splits that do not depend on the load, no minute of measuring in CI, nothing written to ~/.cache.
-    tests/test_grid.py times the engine itself."""
-    from sweepjax.engine import calibrate
-    from sweepjax.grid import Calibration
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-    monkeypatch.setattr(calibrate, "measure", lambda name, precision="float32": Calibration(2.5, 3.5e9))
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ def test_rungs_follow_the_ladder_and_the_direction_is_measured():
     assert g["alpha_D"]["direction"] == "not monotone" and g["alpha_D"]["separated"] == [None] * 4
     corpus = lad["rungs"][-1]
     assert corpus["floor"] == "fitted" and corpus["E_ci"] == [1.4, 1.6] and lad["rungs"][0]["floor"] == "exact"
+    assert lad["rungs"][1]["floor"] == "sampled"   # the generator's entropy: an estimate, not an exact floor
     text = L.describe(lad)
     assert "alpha_N along the ladder: falling; intervals separate 2 of 4" in text and "floor fitted E = 1.500" in text
 
@@ -39,4 +40,23 @@ def test_no_source_dim_means_no_ladder_and_other_dims_keep_rungs_apart():
     assert [r["slice"].get("seed_set") for r in lad["rungs"]] == ["a", "a", "b"]
     a, b = lad["ladders"]   # one ladder per value of the other dim, each with its own direction
     assert a["slice"] == {"seed_set": "a"} and a["order"] == ["bigram", "corpus"] and b["order"] == ["bigram"]
-    assert a["alpha_N"]["direction"] == "falling" and b["alpha_N"]["direction"] == "unknown"
+    assert a["alpha_N"]["direction"] == "unknown" == b["alpha_N"]["direction"]   # fewer than three rungs
+
+
+def test_a_missing_rung_makes_the_ladder_incomplete_and_selectors_rank_by_depth():
+    """A rung without an exponent is not skipped over (bigram -> T2L would otherwise read as a trend); depth is
+    read from any spelling of the selector."""
+    n = [row("bigram", 0.5, None), row("sampled:depth=1", None, None), row("sampled: model.depth = 2", 0.3, None),
+         row("corpus", 0.2, None, fitted=True)]
+    lad = L.ladder(summary(n, []))
+    (g,) = lad["ladders"]
+    assert g["order"] == ["bigram", "sampled:depth=1", "sampled: model.depth = 2", "corpus"]
+    assert g["alpha_N"]["direction"] == "incomplete"
+    assert L.rung_rank("sampled:model.depth=4") > L.rung_rank("sampled:depth=2") > L.rung_rank("sampled:depth=1")
+
+
+def test_the_figure_keeps_ladders_of_other_dims_apart(tmp_path):
+    n = [row(src, a, [a - 0.05, a + 0.05], fitted=src == "corpus", context=c)
+         for c in (8, 16) for src, a in (("bigram", 0.6), ("sampled:depth=2", 0.4), ("corpus", 0.3))]
+    path = L.plot_ladder(L.ladder(summary(n, n)), tmp_path / "ladder.png")
+    assert path.stat().st_size > 10_000

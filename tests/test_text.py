@@ -208,6 +208,8 @@ def test_sweep_over_sources_records_the_corpus(tmp_path):
     for d in (ds, saved):
         assert d.attrs["corpus_sha256"] == hashlib.sha256(corpus.build_corpus()).hexdigest()
         assert d.attrs["corpus_bytes"] == len(corpus.build_corpus()) and d.attrs["tokenizer"].startswith("bytes")
+        # a fact of one source only is keyed by its source, not shown as if it held for every source
+        assert json.loads(d.attrs["corpus_train_windows"]) == {"source=corpus": window_counts(16)[0]}
     final = ds["final_test_loss"]
     assert np.all(np.isfinite(final.values)) and np.all(final.values < np.log(256))
     bayes = ds["test_bayes_loss"]
@@ -329,3 +331,29 @@ def test_generators_that_are_unsaved_or_not_trained_on_the_corpus_are_refused(ge
         with pytest.raises(ConfigError, match=re.escape(message)) as err:
             build_config({}, list(sampled_keys(tmp_path / name).items()))
         assert "\n" not in str(err.value)
+
+
+def test_predictions_and_oversized_fixed_sets_are_refused():
+    """No validation sample independent of training (examples are train sequences): no saved predictions; a fixed
+    set larger than the corpus's train windows would repeat windows."""
+    base = {"task": {"name": "text", "source": "corpus", "context": 8, "batch_size": 4},
+            "model": {"family": "transformer", "width": 8, "head_size": 4}, "train": {"steps": 10}}
+    with pytest.raises(ConfigError, match="save_predictions"):
+        build_config({**base, "eval": {"save_predictions": True}})
+    n_train = window_counts(8)[0]
+    with pytest.raises(ConfigError, match=f"holds at most {n_train}"):
+        build_config({**base, "task": {**base["task"], "dataset_size": n_train + 1}})
+    build_config({**base, "task": {**base["task"], "dataset_size": n_train}})
+
+
+def test_a_sampled_member_is_rebuilt_without_its_generator(generators, tmp_path, monkeypatch):
+    """The generator is loaded only for data: a member of a sampled-source sweep (its generator named by a path
+    relative to where it ran) rebuilds for its shapes from another directory."""
+    monkeypatch.chdir(generators.parent)
+    keys = sampled_keys(generators, **{"task.generator": generators.name, "model.heads": 2, "model.width": 8,
+                                       "train.chunk_steps": 20, "eval.points": 2, "eval.save_params": True,
+                                       "run.figures": False, "run.bootstrap": 0})
+    run({}, set=keys, out=tmp_path / "student", progress=False)
+    monkeypatch.chdir(tmp_path)   # the relative generator path now points nowhere
+    member = load_member(tmp_path / "student")
+    assert member.sizes["width"] == 8 and member.config.task.generator == generators.name

@@ -27,15 +27,18 @@ def rung_rank(source: str) -> float:
     if source == "bigram":
         return 0.0
     if source.startswith("sampled:"):
-        depth = re.search(r"(?:^|[:,])depth=(\d+)", source)
+        depth = re.search(r"(?:^|[:,])\s*(?:model\.)?depth\s*=\s*(\d+)", source)
         return 1.0 + (int(depth.group(1)) if depth else 0.5)
     return 1e9 if source == "corpus" else 2e9
 
 
 def _direction(values: list[float | None]) -> str:
-    """"rising", "falling", "not monotone", or "unknown" (fewer than two finite values) along the list."""
-    v = [x for x in values if x is not None and np.isfinite(x)]
-    if len(v) < 2:
+    """"rising", "falling", "not monotone" along the list, "incomplete" when a rung has no exponent (its
+    neighbours are not compared across the gap), "unknown" with fewer than three rungs."""
+    if any(x is None or not np.isfinite(x) for x in values):
+        return "incomplete"
+    v = list(values)
+    if len(v) < 3:
         return "unknown"
     d = np.diff(v)
     return "rising" if np.all(d > 0) else "falling" if np.all(d < 0) else "not monotone"
@@ -44,7 +47,9 @@ def _direction(values: list[float | None]) -> str:
 def ladder(summary: dict) -> dict | None:
     """The ladder of a language summary (``summarize``'s dict or ``language.json``), or None when the results
     have no ``source`` slices. ``rungs``: one row per source in ladder order with ``alpha_N``/``alpha_D`` and
-    their intervals, ``floor`` ("exact" or "fitted") and, for a fitted floor, ``E``/``E_ci`` of the N law,
+    their intervals, ``floor`` ("exact": the bigram chain's entropy rate; "sampled": the generator's mean
+    predictive entropy over its pool, a Monte-Carlo estimate; "fitted": no known floor, the law's free term,
+    a different estimator of alpha than the others') and, for a fitted floor, ``E``/``E_ci`` of the N law,
     and the notes of the fits; ``ladders``: one per value of the other slice dims (``slice``), with ``order``
     (its sources) and per exponent ``direction`` along the ladder and ``separated``: for each neighbouring
     pair, whether their intervals are disjoint (None without both)."""
@@ -60,7 +65,8 @@ def ladder(summary: dict) -> dict | None:
             row[name], row[f"{name}_ci"] = r.get("alpha"), r.get("alpha_ci")
             row[f"{name}_note"] = r.get("note") or r.get("ci_note") or ""
             if kind == "n_scaling":
-                row["floor"] = "fitted" if r.get("floor_fitted") else "exact"
+                row["floor"] = ("fitted" if r.get("floor_fitted") else
+                                "sampled" if source.startswith("sampled:") else "exact")
                 if r.get("floor_fitted"):
                     row["E"], row["E_ci"] = r.get("E"), r.get("E_ci")
     if not rows:
@@ -89,7 +95,8 @@ def describe(lad: dict | None) -> str:
     ci = lambda c: f" [{f(c[0])}, {f(c[1])}]" if c else " (no interval)"
     lines = ["language ladder (simplest source first):"]
     for r in lad["rungs"]:
-        floor = "floor exact" if r["floor"] == "exact" else f"floor fitted E = {f(r.get('E'))}{ci(r.get('E_ci'))}"
+        floor = {"exact": "floor exact (entropy rate)", "sampled": "floor: the generator's entropy (Monte Carlo)"}.get(
+            r["floor"], f"floor fitted E = {f(r.get('E'))}{ci(r.get('E_ci'))} (alpha from a free-floor law)")
         lines.append(f"  {r['source']}: alpha_N {f(r.get('alpha_N'))}{ci(r.get('alpha_N_ci'))}, "
                      f"alpha_D {f(r.get('alpha_D'))}{ci(r.get('alpha_D_ci'))}; {floor}")
     for g in lad["ladders"]:
@@ -105,19 +112,27 @@ def plot_ladder(lad: dict, path: Path) -> Path:
     """alpha_N and alpha_D of every rung with their intervals, rungs in ladder order."""
     from sweepjax.plots import plt, save
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    x = np.arange(len(lad["rungs"]))
+    order = sorted(dict.fromkeys(r["source"] for r in lad["rungs"]), key=lambda src: (rung_rank(src), src))
+    markers = {"exact": "o", "sampled": "D", "fitted": "s"}
     for ax, (name, _) in zip(axes, EXPONENTS):
-        for i, r in enumerate(lad["rungs"]):
-            v, c = r.get(name), r.get(f"{name}_ci")
-            if v is None:
-                continue
-            err = None if not c else [[max(v - c[0], 0)], [max(c[1] - v, 0)]]
-            marker = "o" if r["floor"] == "exact" else "s"
-            ax.errorbar([i], [v], yerr=err, fmt=marker, color="C0" if c else "C3", capsize=4)
-        ax.set_xticks(x, [r["source"] for r in lad["rungs"]], rotation=20, fontsize=8)
+        for gi, g in enumerate(lad["ladders"]):
+            where = ", ".join(f"{k}={v}" for k, v in g["slice"].items())
+            rows = [r for r in lad["rungs"] if {k: v for k, v in r["slice"].items() if k != "source"} == g["slice"]]
+            shift = 0.08 * (gi - (len(lad["ladders"]) - 1) / 2)   # groups side by side at each rung
+            for r in rows:
+                v, c = r.get(name), r.get(f"{name}_ci")
+                if v is None:
+                    continue
+                err = None if not c else [[max(v - c[0], 0)], [max(c[1] - v, 0)]]
+                ax.errorbar([order.index(r["source"]) + shift], [v], yerr=err, fmt=markers[r["floor"]],
+                            color=f"C{gi}", mfc=f"C{gi}" if c else "white", capsize=4,
+                            label=(where or None) if r is rows[0] and where else None)
+        ax.set_xticks(range(len(order)), order, rotation=20, fontsize=8)
         ax.set_ylabel(name)
-        ax.set_title(f"{name} along the ladder ({', '.join(g[name]['direction'] for g in lad['ladders'])})",
-                     fontsize=10)
-    fig.text(0.5, 0.005, "circles: floor exact; squares: floor fitted; red: no bootstrap interval",
-             ha="center", fontsize=8)
+        ax.set_title(f"{name} along the ladder: " + "; ".join(g[name]["direction"] for g in lad["ladders"]),
+                     fontsize=9)
+        if len(lad["ladders"]) > 1:
+            ax.legend(fontsize=7)
+    fig.text(0.5, 0.005, "circle: exact floor (entropy rate); diamond: sampled (generator's entropy); square: floor "
+             "fitted; open marker: no bootstrap interval", ha="center", fontsize=7)
     return save(fig, path)

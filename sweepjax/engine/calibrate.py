@@ -1,8 +1,8 @@
 """The bucketing cost model's two numbers (:class:`sweepjax.grid.Calibration`), measured on this machine.
 
 :func:`measure` times the engine on a small reference program per kind of model, :func:`calibrate` returns
-the config's own numbers where it sets them and otherwise the measured ones, measured once per backend,
-device, versions, reference and precision and cached in :func:`calibration_path`.
+the config's own numbers where it sets them and otherwise the measured ones, measured once per machine, versions,
+reference and precision (:func:`machine_key`) and cached in :func:`calibration_path`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sweepjax.config import Config, build_config
+from sweepjax.config import Config, ConfigError, build_config
 from sweepjax.engine.train import run_group
 from sweepjax.files import atomic_write, cache_dir
 from sweepjax.grid import Calibration, build_grid
@@ -81,7 +81,7 @@ def measure(name: str, precision: str = "float32") -> Calibration:
     finally:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", kept)
     (f0, t0, _), (f1, t1, outside) = timed
-    return Calibration(outside, (f1 - f0) / (t1 - t0) if t1 > t0 else f1 / t1)
+    return Calibration(outside, (f1 - f0) / (t1 - t0) if t1 > t0 else f1 / max(t1, 1e-9))
 
 
 def calibration_path() -> Path:
@@ -89,30 +89,91 @@ def calibration_path() -> Path:
     return cache_dir() / "calibration.json"
 
 
-def calibrate(cfg: Config) -> Calibration:
-    """The cost model's numbers for ``cfg``'s groups: ``run.program_seconds`` and ``run.flop_rate`` where set
-    (> 0); the others measured (:func:`measure`) once per backend, device kind, versions, reference program
-    (:func:`reference`) and precision, and kept in :func:`calibration_path` for later runs. In a multi-process
-    run every process takes process 0's numbers (all must split the groups alike), measuring together when
-    process 0 has none."""
+# The accepted range of each number, given or measured: seconds a program costs, model FLOP/s.
+LIMITS = {"program_seconds": (1e-6, 1e7), "flop_rate": (1.0, 1e20)}
+
+
+def snap(x: float) -> float:
+    """``x`` rounded to 2 significant digits."""
+    return float(f"{x:.1e}")
+
+
+def usable(entry) -> dict | None:
+    """A cache entry as ``{"program_seconds": s, "flop_rate": r}`` (snapped, :func:`snap`) if both are numbers
+    within :data:`LIMITS`, else None."""
+    if not isinstance(entry, dict):
+        return None
+    numbers = {k: entry.get(k) for k in LIMITS}
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi   # False for NaN
+             for v, (lo, hi) in zip(numbers.values(), LIMITS.values()))
+    return {k: snap(v) for k, v in numbers.items()} if ok else None
+
+
+def machine_key(cfg: Config) -> str:
+    """The cache key of ``cfg``'s calibration: backend, device (on a CPU: its model and usable cores), device
+    count, versions, reference program (:func:`reference`) and precision."""
     import jax
 
-    given = Calibration(cfg.run.program_seconds, cfg.run.flop_rate)
-    if given.program_seconds and given.flop_rate:
-        return given
     device = jax.devices()[0].device_kind
     if jax.default_backend() == "cpu":   # a CPU's device kind is "cpu": name the machine
-        device = f"{platform.machine()} x {os.cpu_count()}"
-    key = " / ".join([jax.default_backend(), device, f"jax {jax.__version__}",
-                      f"jaxlib {version('jaxlib')}", f"sweepjax {version('sweepjax')}", reference(cfg),
-                      cfg.train.precision])
+        model = ""
+        with contextlib.suppress(OSError):
+            model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                          if line.startswith("model name")), "")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        device = f"{model or platform.processor() or platform.machine()} x {cores} cores"
+    return " / ".join([jax.default_backend(), device, f"{jax.device_count()} devices", f"jax {jax.__version__}",
+                       f"jaxlib {version('jaxlib')}", f"sweepjax {version('sweepjax')}", reference(cfg),
+                       cfg.train.precision])
+
+
+ENVIRONMENT = "SWEEPJAX_CALIBRATION"
+
+
+def environment() -> dict[str, float]:
+    """The numbers ``$SWEEPJAX_CALIBRATION`` gives, ``"PROGRAM_SECONDS,FLOP_RATE"`` (``"2.5,3.5e9"``): every run in
+    that environment splits with them instead of measuring (the tests and CI use it, so that a sweep splits the
+    same way in every process and on every machine); config keys set to non-zero values still win."""
+    text = os.environ.get(ENVIRONMENT, "").strip()
+    if not text:
+        return {}
+    try:
+        values = [float(v) for v in text.split(",")]
+        if len(values) != 2:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"${ENVIRONMENT} = {text!r}: give two numbers, PROGRAM_SECONDS,FLOP_RATE") from None
+    return dict(zip(LIMITS, values))
+
+
+def calibrate(cfg: Config) -> Calibration:
+    """The cost model's numbers for ``cfg``'s groups: ``run.program_seconds`` and ``run.flop_rate`` where set
+    (> 0), else those of ``$SWEEPJAX_CALIBRATION`` (:func:`environment`) (outside [1e-6, 1e7] seconds or
+    [1, 1e20] FLOP/s a :class:`ConfigError`); the others measured
+    (:func:`measure`) once per machine (:func:`machine_key`: backend, device, device count, versions, reference
+    program and precision) and kept in :func:`calibration_path` for later runs. Measured numbers are rounded to
+    2 significant digits (:func:`snap`) and clipped into those ranges before they are used or kept, so small
+    timing noise does not move a split. A cache that cannot be read, or an entry that is not two numbers within
+    those ranges (:func:`usable`), counts as missing: measured again and overwritten. In a multi-process run
+    every process takes process 0's numbers (all must split the groups alike), measuring together when process 0
+    has none."""
+    import jax
+
+    given = {k: getattr(cfg.run, k) or environment().get(k, 0.0) for k in LIMITS}
+    for k, (lo, hi) in LIMITS.items():
+        if given[k] and not lo <= given[k] <= hi:
+            raise ConfigError(f"run.{k} = {given[k]!r}: must be 0 (measure) or within [{lo:g}, {hi:g}]")
+    if all(given.values()):
+        return Calibration(**given)
+    key = machine_key(cfg)
     path = calibration_path()
 
     def cached() -> dict:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
+        with contextlib.suppress(OSError, ValueError):
+            entries = json.loads(path.read_text())
+            if isinstance(entries, dict):
+                return entries
+        return {}
 
     def process_0s(numbers: dict | None) -> dict | None:   # what process 0 has, in every process
         if jax.process_count() == 1:
@@ -120,14 +181,14 @@ def calibrate(cfg: Config) -> Calibration:
         from jax.experimental import multihost_utils
         row = [numbers["program_seconds"], numbers["flop_rate"]] if numbers else [math.nan, math.nan]
         row = multihost_utils.broadcast_one_to_all(np.array(row, np.float32)).tolist()
-        return None if math.isnan(row[0]) else {"program_seconds": row[0], "flop_rate": row[1]}
+        return None if math.isnan(row[0]) else {"program_seconds": snap(row[0]), "flop_rate": snap(row[1])}
 
-    numbers = process_0s(cached().get(key))
+    numbers = process_0s(usable(cached().get(key)))
     if numbers is None:   # measured by every process together (the reference programs span all devices)
-        numbers = process_0s(asdict(measure(reference(cfg), cfg.train.precision)))
+        measured = asdict(measure(reference(cfg), cfg.train.precision))
+        numbers = process_0s({k: snap(min(max(measured[k], lo), hi)) for k, (lo, hi) in LIMITS.items()})
         with contextlib.suppress(OSError):   # an unwritable cache only means measuring again next time
             path.parent.mkdir(parents=True, exist_ok=True)
             text = json.dumps({**cached(), key: numbers}, indent=1, sort_keys=True)
             atomic_write(path, lambda p: p.write_text(text))
-    numbers = [given.program_seconds or numbers["program_seconds"], given.flop_rate or numbers["flop_rate"]]
-    return Calibration(*map(float, numbers))
+    return Calibration(**{k: float(given[k] or numbers[k]) for k in LIMITS})

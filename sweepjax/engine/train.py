@@ -15,6 +15,7 @@ steps up to its own last step and holds NaN after it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import sys
 import time
 from dataclasses import dataclass
@@ -418,9 +419,13 @@ def run_group(cfg: Config, group: Group, log=sys.stderr, store=None, name: str =
         size = nd * plan_member_chunk(cfg, -(-n // nd), padded)  # a multiple of the device count
         parts: list[dict] = []
         compile_s = run_s = 0.0
+        # Which members a unit holds, at which padded sizes and chunk size, in its name: a resume whose split (or
+        # chunking) differs finds no unit of the old one and recomputes, never loading a unit into other members.
+        held = repr((group.index.tolist(), sorted(padded.items()), size))
+        fingerprint = hashlib.sha256(held.encode()).hexdigest()[:12]
         for c0 in range(0, n, size):
             idx = np.arange(c0, min(c0 + size, n))
-            unit = f"{name}_m{c0}"
+            unit = f"{name}_{fingerprint}_m{c0}"
             done = store.load_unit(unit) if store else None
             if done is not None:
                 parts.append(done)

@@ -19,9 +19,10 @@ One epoch of a fixed array of train sequences (:class:`OneEpoch`: ``corpus``'s w
     sequences held, B = ``task.batch_size``; :func:`sweepjax.tasks.dataset.permute`, keyed by ``fold_in(data
     key, WINDOW_FOLD)``), so a member that trains S steps sees S B distinct sequences, and a sweep over
     ``train.steps`` is a sweep over one-epoch data budgets. A config whose longest member (with fresh data,
-    ``task.dataset_size = 0``) needs more sequences than there are is refused. ``examples`` (fixed training
-    sets of ``task.dataset_size`` samples, and the validation sample of saved predictions) maps each key to a
-    uniformly random train sequence.
+    ``task.dataset_size = 0``) needs more sequences than there are is refused, and so is a fixed training set
+    (``task.dataset_size``) larger than them. ``examples`` (fixed training sets) maps each key to a uniformly
+    random train sequence. There is no validation sample independent of training, so ``eval.save_predictions``
+    (whose ensembles choose members on one) is refused for this task.
 
 ``bigram``: the corpus's bigram chain, a Markov source with an exact entropy rate
     The train split read as a cyclic byte sequence s_0 .. s_{N-1} (s_N = s_0): C[i, j] = #{t : s_t = i,
@@ -37,7 +38,7 @@ One epoch of a fixed array of train sequences (:class:`OneEpoch`: ``corpus``'s w
     ``task.generator`` is the results directory (relative to the working directory) of a sweep of the ``text``
     task with source ``corpus``, run with ``eval.save_params = true`` (``configs/language_generators.toml``
     trains the 1-, 2- and 4-layer ones); ``<selector>`` picks its member as :func:`sweepjax.members.parse_member`
-    reads it (``sampled:depth=2``, ``sampled:depth=4,seed=0``; empty for a one-member sweep). Its context must
+    reads it (``sampled:depth=2``, ``sampled:depth=4,width=64``; empty for a one-member sweep). Its context must
     be at least ``task.context``. Sequences are :func:`sweepjax.generate.sample` at temperature 1, x_0 drawn
     from the byte frequencies of the corpus's train split (the law of x_0 in the generator's training
     windows). The train data is a pool of ``task.pool_size`` sequences sampled with the fixed key
@@ -120,6 +121,10 @@ def refuse_past_epoch(cfg: Config, source: str, batch: int, n: int, held: str, f
         raise ConfigError(
             f"train.steps = {steps} with task.batch_size = {batch} and task.source = {source!r}: one epoch of "
             f"{held}, the longest member would read {steps * batch}; use at most {n // batch} steps ({fix})")
+    if max(axis(cfg, "task.dataset_size")) > n:   # a fixed set drawn from fewer sequences would repeat them
+        raise ConfigError(
+            f"task.dataset_size = {max(axis(cfg, 'task.dataset_size'))} with task.source = {source!r}: {held}; "
+            f"a fixed training set of distinct sequences holds at most {n}")
 
 
 class OneEpoch(Task):
@@ -294,9 +299,11 @@ def sampled_set(gen: Generator, which: str, n: int, context: int) -> Sampled:
 class SampledSource(OneEpoch):
     """``source = "sampled:<selector>"``: sequences sampled from a trained generator (module docstring)."""
 
-    def __init__(self, cfg: TaskConfig):
-        super().__init__(cfg)
-        self.generator = load_generator(cfg.generator, cfg.source[len(SAMPLED):])
+    @functools.cached_property
+    def generator(self) -> Generator:
+        """The generator, loaded when data is first needed (rebuilding a member of a sampled-source sweep for
+        its shapes alone, :func:`sweepjax.members.member_model`, does not need the generator's directory)."""
+        return load_generator(self.cfg.generator, self.cfg.source[len(SAMPLED):])
 
     @classmethod
     def check(cls, cfg: Config) -> None:
@@ -380,7 +387,10 @@ class Text(Task):
     APPLIES = {k: ({"task.source": Prefix(SAMPLED)},) for k in ("task.generator", "task.pool_size")}
     WHY = {k: "only a sampled source samples from a generator" for k in APPLIES}
     MAXIMUM = {"task.context": 2**16}
-    PREDICTIONS = "probabilities"   # next-token distributions (test_size, context, 256)
+    # No saved predictions: ensembles pick members on a validation sample independent of training, and the
+    # corpus and sampled sources have none (their examples are train sequences; a held-out validation split
+    # is not built). eval.save_predictions is refused for this task.
+    PREDICTIONS = None
     STUDY = "sweepjax.analysis.language"
 
     def __init__(self, cfg: Keys):
