@@ -417,3 +417,13 @@ def test_a_sweep_without_widths_is_skipped_with_a_note(tmp_path):
     log = io.StringIO()
     assert lang.analyse(ds, tmp_path, SimpleNamespace(bootstrap=0, figures=True), [], log=log) == []
     assert "no width axis" in log.getvalue() and not (tmp_path / "language.json").exists()
+
+
+def test_figures_survive_a_slice_with_nothing_positive_to_show(tmp_path):
+    """A floor-fitted slice whose law could not be fitted has no excess at all: its panels say so (log axes of
+    nothing made matplotlib raise)."""
+    ds = sweep(B=1e-9, seeds=3)
+    ds = ds.assign(test_bayes_loss=ds.test_bayes_loss * np.nan, irreducible_loss=ds.irreducible_loss * np.nan,
+                   final_test_loss=ds.final_test_loss * 0 + 2.0)   # flat, floor unknown: no law, no fitted floor
+    paths = lang.analyse(ds, tmp_path, SimpleNamespace(bootstrap=10, figures=True), [])
+    assert any(p.name == "language_excess_vs_n.png" for p in paths)

@@ -94,3 +94,33 @@ def test_graph_walks_config_end_to_end(tmp_path):
     assert summary["sensitivity"]["rows"] and {f["compute"] for f in summary["frontier"]} == {"6ND", "exact"}
     for name in ("language_excess_vs_n.png", "language_frontier_6nd.png", "language_sensitivity.png"):
         assert (out / "figures" / name).stat().st_size > 10_000, name
+
+
+def test_language_ladder_configs_end_to_end(tmp_path, monkeypatch):
+    """configs/language_generators.toml then configs/language_ladder.toml at their [on_cpu] shape, shrunk:
+    generators of depth 1/2/4 (width 16, context 8, 60 steps), then every rung with widths 8/16/24/32 and
+    budgets of 20/40 steps, 3 seeds, one program per rung: each rung with a known floor stays above it, the
+    results record the corpus, and language.json holds the ladder in ladder order with its figure."""
+    monkeypatch.chdir(tmp_path)   # the ladder names its generators runs/language_generators, from where it runs
+    gen = tmp_path / "runs" / "language_generators"
+    assert main(["run", str(ROOT / "configs" / "language_generators.toml"), "--out", str(gen),
+                 "--set", "task.context=8", "--set", "task.test_size=64", "--set", "sweep.model.width=[16]",
+                 "--set", "model.head_size=8", "--set", "train.steps=60", "--set", "train.chunk_steps=60"]) == 0
+    out = tmp_path / "ladder"
+    assert main(["run", str(ROOT / "configs" / "language_ladder.toml"), "--out", str(out), "--set", "task.context=8",
+                 "--set", "task.test_size=64", "--set", "task.pool_size=320", "--set", "sweep.model.width=[8, 16, 24, 32]",
+                 "--set", "sweep.train.steps=[20, 40]", "--set", "run.max_padding_waste=0",
+                 "--set", "run.bootstrap=50"]) == 0
+    ds = results.load(out)
+    rungs = ["bigram", "sampled:depth=1", "sampled:depth=2", "sampled:depth=4", "corpus"]
+    assert list(ds.source.values) == rungs and not ds.diverged.any()
+    excess = (ds.final_test_loss - ds.test_bayes_loss).drop_sel(source="corpus")
+    assert float(excess.min()) > -0.01                                    # above every known floor
+    assert np.isnan(ds.test_bayes_loss.sel(source="corpus")).all()       # the text's floor is fitted, not known
+    assert len(ds.attrs["corpus_sha256"]) == 64
+    lad = json.loads((out / "language.json").read_text())["ladder"]
+    assert [r["source"] for r in lad["rungs"]] == rungs
+    assert [r["floor"] for r in lad["rungs"]] == ["exact", "sampled", "sampled", "sampled", "fitted"]
+    (ladder,) = lad["ladders"]
+    assert ladder["alpha_N"]["direction"] in ("rising", "falling", "not monotone", "incomplete")
+    assert (out / "figures" / "language_ladder.png").stat().st_size > 10_000

@@ -1272,8 +1272,8 @@ def plot_excess_vs_n(summary: dict, path: Path) -> Path:
             ax.plot(x, med[:, k], "o-", ms=3, lw=1, color=plt.cm.viridis(k / max(S - 1, 1)),
                     label=f"D = {tok:.2g}" if S <= 8 or k in (0, S - 1) else None)
         _draw_law(ax, r, "alpha_N")
-        ax.set(xscale="log", yscale="log", xlabel=f"N ({r['x_name']})", ylabel="excess loss L - L_irr (nats)",
-               title=f"Excess vs N ({slice_name(r['slice'])})")
+        _log_axes(ax, xlabel=f"N ({r['x_name']})", ylabel="excess loss L - L_irr (nats)",
+                  title=f"Excess vs N ({slice_name(r['slice'])})")
         ax.legend(fontsize=6)
     return save(fig, path)
 
@@ -1288,6 +1288,18 @@ def _plotted_excess(sl: dict, r: dict) -> np.ndarray:
     return _arr(sl["median_excess"])
 
 
+def _log_axes(ax, **labels) -> None:
+    """Log-log axes with ``labels``; where the panel has no positive finite value to show (a slice whose floor
+    could not be fitted: its excess is unknown) a linear y axis and a note instead of matplotlib's error."""
+    ys = np.concatenate([np.asarray(line.get_ydata(), float).ravel() for line in ax.lines] or [np.zeros(0)])
+    ax.set(xscale="log", **labels)
+    if np.any(np.isfinite(ys) & (ys > 0)):
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no excess to show (floor unknown and not fitted)", transform=ax.transAxes,
+                ha="center", fontsize=8)
+
+
 def _draw_law(ax, r: dict, name: str) -> None:
     """The fitted power law of row ``r`` over its window (shaded), labelled with its exponent ``name``."""
     if r["alpha"] is None:
@@ -1296,7 +1308,7 @@ def _draw_law(ax, r: dict, name: str) -> None:
     ax.axvspan(w["lo"], w["hi"], color="0.9", zorder=0)
     xs = np.geomspace(w["lo"], w["hi"], 50)
     ax.plot(xs, r["params"]["A"] * xs ** -r["alpha"], "k--", lw=1.2,
-            label=f"{name} = {r['alpha']:.3f}{_ci_text(r['alpha_ci'])}, R^2 {w['r2']:.3f}")
+            label=f"{name} = {r['alpha']:.3f}{_ci_text(r['alpha_ci'])}, R^2 {_f(w.get('r2'))}")
 
 
 def plot_excess_vs_d(summary: dict, path: Path) -> Path:
@@ -1311,8 +1323,8 @@ def plot_excess_vs_d(summary: dict, path: Path) -> Path:
             ax.plot(tok[w], med[w], "o-", ms=3, lw=1, color=plt.cm.plasma(w / max(W - 1, 1) * 0.9),
                     label=f"width {widths[w]:g}" if W <= 8 or w in (0, W - 1) else None)
         _draw_law(ax, r, "alpha_D")
-        ax.set(xscale="log", yscale="log", xlabel="D (training tokens)", ylabel="excess loss L - L_irr (nats)",
-               title=f"Excess vs D ({slice_name(r['slice'])})")
+        _log_axes(ax, xlabel="D (training tokens)", ylabel="excess loss L - L_irr (nats)",
+                  title=f"Excess vs D ({slice_name(r['slice'])})")
         ax.legend(fontsize=6)
     return save(fig, path)
 
