@@ -96,14 +96,14 @@ def run(config: ConfigSource | None = None, set: Overrides = None, out: str | os
                 raise ConfigError("sweepjax run needs a config: a TOML file or a dict (or resume a sweep: --resume DIR)")
             raw, name = _read(config)
             cfg = build_config(raw, _overrides(set), name=name, on_cpu=on_cpu)
+            held.enter_context(compile_cache(cfg.run.compile_cache))
+            grid = check_memory(cfg)   # before the directory is made: a member too big leaves nothing behind
             if out is True:
                 out = default_out(cfg)
             if out is not None:
                 out = Path(out)
                 held.enter_context(OutputLock(out, enabled=main_process, command=command))
                 check_out(out, overwrite)
-            held.enter_context(compile_cache(cfg.run.compile_cache))
-            grid = check_memory(cfg)   # after the directory checks: it may time the bucketing cost model
             if on_cpu and "on_cpu" in raw and log:
                 print("no accelerator found: using the config's [on_cpu] sizes (the full sweep needs a GPU)", file=log)
             if out is not None:
