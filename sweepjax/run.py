@@ -66,8 +66,9 @@ def run(config: ConfigSource | None = None, set: Overrides = None, out: str | os
     ``command``: what the manifest and the lock record as the command (default: this call).
 
     A bad config, a member too big for memory or an unusable directory raises
-    :class:`sweepjax.config.ConfigError` (one line naming the key, the value and the fix) before
-    anything compiles.
+    :class:`sweepjax.config.ConfigError` (one line naming the key, the value and the fix) before any
+    of the sweep's programs compiles (the first run on a machine may time the bucketing calibration's
+    reference programs before the directory is checked).
     """
     import jax
 
