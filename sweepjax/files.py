@@ -19,6 +19,7 @@ MANIFEST_FILE = "manifest.json"  # versions, devices, timings, command
 FIT_FILE = "fit.json"            # scaling fits (width; depth for the teacher task)
 FIGURES_DIR = "figures"
 CHECKPOINT_DIR = "checkpoints"   # state of an unfinished sweep (removed once its results are saved)
+DATA_FILE = "data.json"          # hashes of the tasks' data (text corpus, generators), checked on resume
 
 
 def cache_dir() -> Path:

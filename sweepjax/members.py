@@ -15,6 +15,7 @@ coordinate may be left out); :func:`load_member` does it from a results director
 """
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,17 @@ class Member:
         """Outputs of the member on a batch ``x``, as the engine computes them."""
         sizes = {k: jnp.asarray(v, jnp.int32) for k, v in self.sizes.items()}
         return self.model.apply({"params": params}, x, sizes)
+
+
+def params_sha256(params: dict) -> str:
+    """sha256 of a parameter tree: every leaf's path, dtype, shape and bytes, in path order (equal exactly when
+    the parameters are bitwise equal)."""
+    h = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda p: jax.tree_util.keystr(p[0])):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)} {a.dtype} {a.shape}\n".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def sweep_config(ds: xr.Dataset) -> Config:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from sweepjax.config import (RESUME_SAFE_KEYS, Config, ConfigError, RunConfig, build_config, differences,
                              parse_override, read_toml)
-from sweepjax.files import (CHECKPOINT_DIR, CONFIG_FILE, FIT_FILE, RESULTS_FILE,
+from sweepjax.files import (CHECKPOINT_DIR, CONFIG_FILE, DATA_FILE, FIT_FILE, RESULTS_FILE,
                             atomic_write)
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ def run(config: ConfigSource | None = None, set: Overrides = None, out: str | os
             cfg = resume_config(out, config, set, allow_change, on_cpu)
             held.enter_context(compile_cache(cfg.run.compile_cache))
             grid = check_memory(cfg)
+            check_data_identity(out, grid)
         else:
             if config is None:
                 raise ConfigError("sweepjax run needs a config: a TOML file or a dict (or resume a sweep: --resume DIR)")
@@ -113,6 +114,7 @@ def run(config: ConfigSource | None = None, set: Overrides = None, out: str | os
                     multihost_utils.sync_global_devices("sweepjax: output checked")
                 if main_process:
                     results.save_config(cfg, out)
+                    atomic_write(out / DATA_FILE, lambda p: p.write_text(json.dumps(data_identity(grid), indent=1)))
         store = None if out is None else checkpoint.Store(
             out, keep=cfg.run.keep_checkpoints, every_steps=cfg.run.checkpoint_steps,
             every_minutes=cfg.run.checkpoint_minutes)
@@ -241,6 +243,27 @@ def resume_config(out: Path, config: ConfigSource | None, overrides: Overrides =
     if config is None:
         cfg.name = saved.name
     return cfg
+
+
+def data_identity(grid: Grid) -> dict[str, str]:
+    """The hashes among the tasks' info (:func:`task_info`, keys ending in ``_sha256``: the text corpus, a
+    generator's parameters): the data a resumed sweep must find unchanged."""
+    return {k: v for k, v in task_info(grid).items() if k.endswith("_sha256")}
+
+
+def check_data_identity(out: Path, grid: Grid) -> None:
+    """Refuse (ConfigError) to resume a sweep whose data changed since it started (another corpus, a retrained
+    generator): :func:`data_identity` against the one saved in ``out`` (a sweep started before sweepjax saved it
+    has none, and is not checked)."""
+    path = out / DATA_FILE
+    if not path.is_file():
+        return
+    saved, now = json.loads(path.read_text()), data_identity(grid)
+    diff = {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)}
+    if diff:
+        listed = "; ".join(f"{k} (saved {a!r}, now {b!r})" for k, (a, b) in diff.items())
+        raise ConfigError(f"--resume {str(out)!r}: the task's data changed since the sweep started: {listed}; "
+                          f"resume where the data are as they were, or start again with --overwrite")
 
 
 def check_memory(cfg: Config) -> Grid:

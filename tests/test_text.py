@@ -357,3 +357,31 @@ def test_a_sampled_member_is_rebuilt_without_its_generator(generators, tmp_path,
     monkeypatch.chdir(tmp_path)   # the relative generator path now points nowhere
     member = load_member(tmp_path / "student")
     assert member.sizes["width"] == 8 and member.config.task.generator == generators.name
+
+
+def test_resume_refuses_a_changed_generator(generators, tmp_path):
+    """A sweep stopped, its generator retrained (here: one parameter changed by 1e-3), then resumed: refused,
+    naming the generator's hash; with the generator as it was, the same resume goes on and finishes."""
+    import shutil
+
+    from sweepjax.engine.checkpoint import Interrupted
+    gen = tmp_path / "gen"
+    shutil.copytree(generators, gen)
+    keys = sampled_keys(gen, **{"model.heads": 2, "model.width": 8, "train.chunk_steps": 10, "eval.points": 2,
+                                "run.figures": False, "run.bootstrap": 0})
+    out = tmp_path / "out"
+    with pytest.raises(Interrupted):
+        run({}, set=keys, out=out, progress=False, should_stop=lambda: True)
+    saved = json.loads((out / "data.json").read_text())
+    assert set(saved) == {"corpus_sha256", "generator_params_sha256"}
+    original = (gen / "results.nc").read_bytes()
+    ds = xr.load_dataset(gen / "results.nc")
+    name = next(v for v in ds.data_vars if v.startswith("param.") and not v.startswith("param.init."))
+    ds[name] = ds[name] + 1e-3
+    ds.to_netcdf(gen / "results.nc", engine="h5netcdf")
+    with pytest.raises(ConfigError, match=r"data changed since the sweep started: generator_params_sha256 \(saved "
+                                          + repr(saved["generator_params_sha256"])):
+        run(None, out=out, resume=True, progress=False)
+    (gen / "results.nc").write_bytes(original)
+    ds = run(None, out=out, resume=True, progress=False)
+    assert np.all(np.isfinite(ds["final_test_loss"].values))

@@ -73,7 +73,7 @@ from sweepjax.config import Config, ConfigError, Prefix, TaskConfig, axis
 from sweepjax.files import RESULTS_FILE
 from sweepjax.generate import generator_io, sample
 from sweepjax.losses import cross_entropy
-from sweepjax.members import Member, member_model, parse_member
+from sweepjax.members import Member, member_model, params_sha256, parse_member
 from sweepjax.tasks.base import Task
 from sweepjax.tasks.dataset import permute
 from sweepjax.tasks.markov import TEST_FOLD, DenseChain
@@ -226,6 +226,11 @@ class Generator:
         """The context it was trained on: it samples at most that many positions."""
         return generator_io(self.member)["context"]
 
+    @functools.cached_property
+    def params_sha256(self) -> str:
+        """Its parameters' hash (:func:`sweepjax.members.params_sha256`): a resume refuses another generator."""
+        return params_sha256(self.member.params)
+
 
 def load_generator(results: str, selector: str) -> Generator:
     """The generator ``selector`` of the results directory ``results`` (ConfigError, one line, when it is
@@ -344,11 +349,12 @@ class SampledSource(OneEpoch):
 
     def info(self) -> dict[str, str | int | float]:
         """The corpus's info and the generator's: results directory, member, depth, width, context, final test
-        loss on the corpus (nats/byte), the sampling temperature."""
+        loss on the corpus (nats/byte), the sampling temperature, its parameters' sha256."""
         g = self.generator
         return {**corpus.corpus_info(), "generator_results": g.results, "generator_member": g.selector,
                 "generator_depth": g.member.sizes["depth"], "generator_width": g.member.sizes["width"],
-                "generator_context": g.context, "generator_test_loss": g.test_loss, "generator_temperature": 1.0}
+                "generator_context": g.context, "generator_test_loss": g.test_loss, "generator_temperature": 1.0,
+                "generator_params_sha256": g.params_sha256}
 
 
 SOURCES: dict[str, type[Task]] = {"corpus": CorpusSource, "bigram": BigramSource}
