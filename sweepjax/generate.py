@@ -10,10 +10,16 @@
   generator's training windows did.
 * x_{t+1} ~ softmax(logits_t / temperature), logits_t the generator's output at position t given
   x_0..x_t, by inverse CDF with one uniform per token (:func:`sweepjax.tasks.markov._search`), for
-  t = 0 .. context - 1: a ``lax.scan`` over positions that runs the full forward pass on the
-  (n, context) token buffer at every step and reads position t. Causal attention makes the positions
-  after t (still zeros) irrelevant to it; there is no KV cache, which costs ``context`` forward passes
-  per sequence instead of one and is not worth its complexity at the sizes sampled here.
+  t = 0 .. context - 1: a ``lax.scan`` over positions with a key/value cache
+  (:meth:`sweepjax.models.transformer.Transformer.empty_cache`). Step t runs the forward pass on the one
+  token x_t (``cache=``, ``position=t``: the module's own forward, embedding, blocks and readout), writes
+  its keys and values into the cache at t and attends over the cache, the entries after t masked. Each
+  position so costs one token's forward pass plus attention over ``context`` cached keys, instead of a
+  full forward pass on the (n, context) buffer (``context`` times the work); the price is the cache's
+  memory, 2 x depth x n x context x heads x head_dim floats (padded sizes) per compiled call (``chunk``
+  bounds n). The logits equal the full forward's (``member.apply`` on the finished sequences) up to float
+  rounding (attention sums over ``context`` keys, masked ones exactly zero, instead of t + 1), so a token
+  can differ from the full-forward sampler's only where its uniform lies within rounding of a CDF boundary.
 
 Each sequence i uses the uniforms of ``fold_in(key, i)`` alone, so it does not depend on ``n`` or on the
 chunking. The generator only ever sees positions it was trained on: ``context`` may not exceed its own.
@@ -54,22 +60,22 @@ def _generate(member: Member, params: dict, cdf0: jax.Array, key: jax.Array, ind
     """Sequences ``index`` (m,) of :func:`sample`: tokens (m, context + 1), entropy and log_prob (m, context)."""
     v = cdf0.shape[0]
     u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (context + 1,), jnp.float32))(index)
-    x0 = _search(lambda j: cdf0[j], u[:, 0], v)
-    tokens = jnp.zeros((index.shape[0], context + 1), jnp.int32).at[:, 0].set(x0)
+    x0 = _search(lambda j: cdf0[j], u[:, 0], v).astype(jnp.int32)
 
-    def step(tokens, tu):
-        t, ut = tu
-        logits = member.apply(params, tokens[:, :context])                    # (m, context, V)
-        lp = jax.nn.log_softmax(jnp.take(logits, t, axis=1).astype(jnp.float32) / temperature, axis=-1)
+    def step(carry, tu):
+        (x, cache), (t, ut) = carry, tu
+        logits, cache = member.apply(params, x[:, None], cache=cache, position=t)    # logits (m, 1, V)
+        lp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32) / temperature, axis=-1)
         p = jnp.exp(lp)
         cdf = _cdf_rows(p)
-        nxt = _search(lambda j: jnp.take_along_axis(cdf, j[:, None], axis=1)[:, 0], ut, v)
+        nxt = _search(lambda j: jnp.take_along_axis(cdf, j[:, None], axis=1)[:, 0], ut, v).astype(jnp.int32)
         entropy = -jnp.sum(jnp.where(p > 0, p * lp, 0.0), axis=-1)
         log_prob = jnp.take_along_axis(lp, nxt[:, None], axis=1)[:, 0]
-        return tokens.at[:, t + 1].set(nxt), (entropy, log_prob)
+        return (nxt, cache), (nxt, entropy, log_prob)
 
-    tokens, (entropy, log_prob) = jax.lax.scan(step, tokens, (jnp.arange(context), u[:, 1:].T))
-    return tokens, entropy.T, log_prob.T
+    cache = member.model.empty_cache(index.shape[0], context)
+    _, (drawn, entropy, log_prob) = jax.lax.scan(step, (x0, cache), (jnp.arange(context), u[:, 1:].T))
+    return jnp.concatenate([x0[:, None], drawn.T], axis=1), entropy.T, log_prob.T
 
 
 def sample(member: Member, key: jax.Array, n: int, context: int, temperature: float = 1.0,

@@ -41,10 +41,11 @@ class Member:
     model: Any                    # the flax module
     params: dict                  # its trained parameters (a pytree, padded shapes)
 
-    def apply(self, params: dict, x: jax.Array) -> jax.Array:
-        """Outputs of the member on a batch ``x``, as the engine computes them."""
+    def apply(self, params: dict, x: jax.Array, **kwargs) -> jax.Array:
+        """Outputs of the member on a batch ``x``, as the engine computes them (``kwargs``: to the module, e.g. a
+        transformer's ``cache`` and ``position`` for incremental decoding)."""
         sizes = {k: jnp.asarray(v, jnp.int32) for k, v in self.sizes.items()}
-        return self.model.apply({"params": params}, x, sizes)
+        return self.model.apply({"params": params}, x, sizes, **kwargs)
 
 
 def params_sha256(params: dict) -> str:

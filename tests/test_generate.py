@@ -9,9 +9,12 @@ import pytest
 from scipy import stats
 
 import sweepjax
+from sweepjax.config import build_config
 from sweepjax.generate import sample
-from sweepjax.members import load_member, member_model, parse_member
+from sweepjax.members import Member, load_member, member_model, parse_member
+from sweepjax.models import dtypes, make_model
 from sweepjax.tasks import make_task
+from sweepjax.tasks.markov import _cdf_rows, _search
 
 V, T = 8, 8
 
@@ -167,3 +170,112 @@ def test_bad_selectors_and_requests_are_refused(trained):
     # a shorter context is allowed: the generator sees only positions it was trained on
     tokens, entropy, _ = sample(m, key, 4, 3)
     assert tokens.shape == (4, 4) and entropy.shape == (4, 3)
+
+
+# ---- the key/value cache --------------------------------------------------------------------------------------
+
+SMALL = {"width": 8, "depth": 1, "heads": 2, "head_dim": 4, "mlp_hidden": 16}
+PADDED = {"width": 16, "depth": 3, "heads": 4, "head_dim": 8, "mlp_hidden": 48}
+
+
+def _initialised(model: dict, sizes: dict = SMALL, padded: dict = PADDED, precision: str = "float32") -> Member:
+    """A member at initialisation (as the engine draws it): ``sizes`` inside a module padded to ``padded``."""
+    cfg = build_config({"task": {"name": "markov", "vocab": V, "context": T},
+                        "model": {"family": "transformer", "width": sizes["width"], "heads": sizes["heads"],
+                                  "depth": sizes["depth"], "mlp_ratio": sizes["mlp_hidden"] // sizes["width"], **model},
+                        "train": {"precision": precision}, "sweep": {}})
+    module = make_model(cfg, padded)
+    s = {k: jnp.int32(v) for k, v in sizes.items()}
+    params = module.init({"params": jax.random.key(1)}, jnp.zeros((1, T), jnp.int32), s)["params"]
+    return Member({}, cfg, sizes, padded, module, params)
+
+
+def _decoded(m: Member, tokens: jax.Array) -> jax.Array:
+    """Logits (B, T, V) of ``tokens`` decoded one position at a time through the cache (no sampling)."""
+    step = jax.jit(lambda x, cache, t: m.apply(m.params, x[:, None], cache=cache, position=t))
+    cache, out = m.model.empty_cache(tokens.shape[0], tokens.shape[1]), []
+    for t in range(tokens.shape[1]):
+        logits, cache = step(tokens[:, t], cache, t)
+        out.append(logits[:, 0])
+    return jnp.stack(out, 1)
+
+
+CACHED = {   # id -> (model keys, precision, tolerance): every feature the module has, padded in width, heads,
+    # head dim, MLP and depth (1 of 3 layers), muP at width 8 = 2 x base_width (factors 2, 1/2)
+    "learned-none-sp": ({}, "float32", 1e-5),
+    "learned-layernorm-mup-gelu": ({"norm": "layernorm", "parameterization": "mup", "base_width": 4,
+                                    "activation": "gelu"}, "float32", 1e-5),
+    "rotary-rmsnorm-mup-tied-inv-sqrt": ({"norm": "rmsnorm", "positions": "rotary", "tie_embeddings": True,
+                                          "parameterization": "mup", "base_width": 4, "depth_scaling": "inv_sqrt"},
+                                         "float32", 1e-5),
+    "rotary-none-sp-tied": ({"positions": "rotary", "tie_embeddings": True}, "float32", 1e-5),
+    "rotary-layernorm-bf16": ({"norm": "layernorm", "positions": "rotary"}, "bf16", 5e-3),
+    "learned-rmsnorm-float64": ({"norm": "rmsnorm", "parameterization": "mup", "base_width": 4}, "float64", 1e-12),
+}
+
+
+@pytest.mark.parametrize("case", CACHED.values(), ids=CACHED.keys())
+def test_cached_decoding_equals_the_full_forward(case):
+    """Decoding one position at a time through the cache gives the full forward's logits at every position,
+    for a member padded in every size (depth too), both position kinds, every norm, sp and muP, tied embeddings."""
+    model, precision, tol = case
+    with jax.enable_x64(precision == "float64"):
+        for sizes in (SMALL, {"width": 8, "depth": 2, "heads": 1, "head_dim": 8, "mlp_hidden": 8}):
+            m = _initialised(model, sizes, precision=precision)
+            tokens = jax.random.randint(jax.random.key(2), (5, T), 0, V)
+            full, cached = m.apply(m.params, tokens), _decoded(m, tokens)
+            assert cached.dtype == full.dtype == dtypes(m.config)[0]
+            assert float(jnp.std(full)) > 0.1                                   # logits that are not trivially equal
+            np.testing.assert_allclose(np.asarray(cached), np.asarray(full), rtol=tol, atol=tol)
+            if sizes is SMALL and precision == "float32":   # a member alone equals itself padded, through the cache too
+                alone = _decoded(_initialised(model, sizes, sizes), tokens)
+                np.testing.assert_allclose(np.asarray(alone), np.asarray(cached), rtol=1e-5, atol=1e-5)
+
+
+def _sample_without_cache(member: Member, key: jax.Array, n: int, context: int, temperature: float = 1.0):
+    """The sampler as it was before the cache (the reference): the full forward pass on the (n, context) token
+    buffer at every position, read at t. x_0 uniform."""
+    @jax.jit
+    def generate(params, index):
+        v = V
+        cdf0 = jnp.asarray(_cdf_rows(np.ones(v) / v))
+        u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (context + 1,), jnp.float32))(index)
+        x0 = _search(lambda j: cdf0[j], u[:, 0], v)
+        tokens = jnp.zeros((index.shape[0], context + 1), jnp.int32).at[:, 0].set(x0)
+
+        def step(tokens, tu):
+            t, ut = tu
+            logits = member.apply(params, tokens[:, :context])
+            lp = jax.nn.log_softmax(jnp.take(logits, t, axis=1).astype(jnp.float32) / temperature, axis=-1)
+            p = jnp.exp(lp)
+            cdf = _cdf_rows(p)
+            nxt = _search(lambda j: jnp.take_along_axis(cdf, j[:, None], axis=1)[:, 0], ut, v)
+            entropy = -jnp.sum(jnp.where(p > 0, p * lp, 0.0), axis=-1)
+            log_prob = jnp.take_along_axis(lp, nxt[:, None], axis=1)[:, 0]
+            return tokens.at[:, t + 1].set(nxt), (entropy, log_prob)
+
+        tokens, (entropy, log_prob) = jax.lax.scan(step, tokens, (jnp.arange(context), u[:, 1:].T))
+        return tokens, entropy.T, log_prob.T
+
+    return tuple(np.asarray(a) for a in generate(member.params, jnp.arange(n)))
+
+
+def test_cached_sampler_draws_what_the_full_forward_sampler_draws(trained):
+    """The cached sampler against the full-forward one it replaced, on the trained generators (depth 1 padded to
+    depth 2, and depth 2), a rotary one and a shorter context: the same tokens but where a uniform falls within
+    rounding of a CDF boundary, and where the prefixes agree the same entropies and log-probabilities."""
+    out, _ = trained
+    members = [(load_member(out, depth=d), T, 1.0) for d in (1, 2)] + [(load_member(out, depth=2), 5, 0.7)]
+    members.append((_initialised({"positions": "rotary", "norm": "rmsnorm"}), T, 1.0))
+    key = jax.random.key(11)
+    for m, context, temperature in members:
+        n = 400
+        tokens, entropy, log_prob = (np.asarray(a) for a in sample(m, key, n, context, temperature))
+        ref_tokens, ref_entropy, ref_log_prob = _sample_without_cache(m, key, n, context, temperature)
+        assert tokens.shape == ref_tokens.shape == (n, context + 1)
+        assert np.mean(tokens == ref_tokens) >= 0.999, np.mean(tokens == ref_tokens)
+        same = np.cumprod(tokens == ref_tokens, axis=1).astype(bool)     # the prefix x_0..x_t agrees
+        assert same[:, -1].mean() >= 0.99
+        np.testing.assert_allclose(entropy[same[:, :-1]], ref_entropy[same[:, :-1]], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(log_prob[same[:, 1:]], ref_log_prob[same[:, 1:]], rtol=1e-5, atol=1e-5)
+

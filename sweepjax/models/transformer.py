@@ -83,11 +83,12 @@ def attention_scale(cfg: ModelConfig, sizes: dict) -> jax.Array:
     return jnp.sqrt(base) / d
 
 
-def rotary(q: jax.Array, head_dim: jax.Array, base: float) -> jax.Array:
-    """RoPE on (B, T, H, Dp) with interleaved pairs (2i, 2i+1) at frequency base^(-2i / true head_dim)."""
+def rotary(q: jax.Array, head_dim: jax.Array, base: float, position: jax.Array | int = 0) -> jax.Array:
+    """RoPE on (B, T, H, Dp) at absolute positions ``position`` .. ``position + T - 1``, with interleaved pairs
+    (2i, 2i+1) at frequency base^(-2i / true head_dim)."""
     B, T, H, Dp = q.shape
     freq = base ** (-2.0 * jnp.arange(Dp // 2) / head_dim)
-    angle = jnp.arange(T)[:, None] * freq[None, :]                      # (T, Dp/2)
+    angle = (position + jnp.arange(T))[:, None] * freq[None, :]         # (T, Dp/2)
     cos, sin = jnp.cos(angle)[None, :, None, :], jnp.sin(angle)[None, :, None, :]
     pairs = q.reshape(B, T, H, Dp // 2, 2)
     a, b = pairs[..., 0], pairs[..., 1]
@@ -103,9 +104,25 @@ class Transformer(nn.Module):
     dtype: Any = jnp.float32          # parameters (float32 or float64)
     compute_dtype: Any = jnp.float32  # matmul operands (bf16 for mixed precision)
 
+    def empty_cache(self, batch: int, length: int) -> tuple[jax.Array, jax.Array]:
+        """A key/value cache for :meth:`__call__` (``cache=``) of ``batch`` sequences of up to ``length``
+        positions: every layer's keys and values, each (depth, batch, heads, length, head_dim) at the padded
+        sizes, zeros (heads before positions: the attention reads each head's keys and values contiguously)."""
+        P = self.padded
+        shape = (P["depth"], batch, P["heads"], length, P["head_dim"])
+        return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
+
     @nn.compact
-    def __call__(self, tokens: jax.Array, sizes: dict, probes: bool = False):
-        """Logits (B, T, vocab) for int tokens (B, T); with ``probes`` also a dict of activation RMS values."""
+    def __call__(self, tokens: jax.Array, sizes: dict, probes: bool = False,
+                 cache: tuple[jax.Array, jax.Array] | None = None, position: jax.Array | int = 0):
+        """Logits (B, T, vocab) for int tokens (B, T); with ``probes`` also a dict of activation RMS values.
+
+        Incremental decoding: with a ``cache`` (:meth:`empty_cache`, then what the previous call returned) holding
+        the keys and values of positions 0 .. ``position`` - 1 of B sequences, ``tokens`` are their tokens at
+        positions ``position`` .. ``position + T - 1``; returns ``(logits, cache)`` (no probes), the cache with
+        these positions' keys and values written in. The same computation as the full forward, attending over the
+        cache's length (later entries masked) instead of T keys: equal logits up to float rounding.
+        """
         c, P, dt, cd = self.cfg, self.padded, self.dtype, self.compute_dtype
         W, D, H, Dh, F, V = P["width"], P["depth"], P["heads"], P["head_dim"], P["mlp_hidden"], self.vocab
         width, depth = sizes["width"], sizes["depth"]
@@ -122,8 +139,10 @@ class Transformer(nn.Module):
 
         emb = param("embed", normal_init(1.0, unit, dt), (V, W))
         h = emb[tokens]
+        T = tokens.shape[1]
         if c.positions == "learned":
-            h = h + param("pos_embed", normal_init(1.0, unit, dt), (self.context, W))[None, : tokens.shape[1]]
+            pos_embed = param("pos_embed", normal_init(1.0, unit, dt), (self.context, W))
+            h = h + jax.lax.dynamic_slice_in_dim(pos_embed, position, T)[None]
 
         def norm_params(name, shape, mask):
             gain = param(f"{name}_gain", constant_init(1.0, mask, dt), shape) if c.norm != "none" else None
@@ -141,18 +160,26 @@ class Transformer(nn.Module):
             "w1": param("w1", normal_init(inv(width), on[:, None, None] * unit[:, None] * hid, dt), (D, W, F)),
             "w2": param("w2", normal_init(proj_std(inv(sizes["mlp_hidden"])), on[:, None, None] * hid[:, None] * unit, dt), (D, F, W)),
             "on": on,
+            "layer": jnp.arange(D),
         }
         branch_scale = inv(depth) if c.depth_scaling == "inv_sqrt" else jnp.ones((), dt)
         logit_scale = attention_scale(c, sizes).astype(dt)
-        causal = jnp.tril(jnp.ones((tokens.shape[1], tokens.shape[1]), bool))
+        keys = T if cache is None else cache[0].shape[3]
+        causal = jnp.arange(keys)[None, :] <= position + jnp.arange(T)[:, None]     # (T, keys): key s <= query t
         act = ACTIVATIONS[c.activation]
         norm = lambda v, gb: normalize(v, unit, width, c.norm, *gb)
 
-        def block(h, p):
+        def block(carry, p):
+            h, cache = carry
             a = norm(h, p["ln1"])
             q, k, v = (matmul("btw,whd->bthd", a, p[n], cd) for n in ("wq", "wk", "wv"))
             if c.positions == "rotary":
-                q, k = rotary(q, sizes["head_dim"], c.rope_base), rotary(k, sizes["head_dim"], c.rope_base)
+                q, k = (rotary(x, sizes["head_dim"], c.rope_base, position) for x in (q, k))
+            if cache is not None:     # written in at ``position`` (in place), then this layer's keys and values so far
+                at = (p["layer"], 0, 0, position, 0)
+                cache = tuple(jax.lax.dynamic_update_slice(buf, jnp.swapaxes(x, 1, 2)[None], at)
+                              for buf, x in zip(cache, (k, v)))
+                k, v = (jnp.swapaxes(buf[p["layer"]], 1, 2) for buf in cache)
             s = matmul("bthd,bshd->bhts", q, k, cd).astype(dt) * logit_scale
             s = jnp.where(causal, s, -jnp.inf)
             o = matmul("bhts,bshd->bthd", jax.nn.softmax(s, axis=-1).astype(dt), v, cd).astype(dt)
@@ -162,10 +189,10 @@ class Transformer(nn.Module):
                          p["w2"], cd).astype(dt)
             h2 = h1 + branch_scale * mlp
             stats = jnp.stack([active_rms(attn, unit, width), active_rms(mlp, unit, width)])
-            return jnp.where(p["on"] > 0, h2, h), stats
+            return (jnp.where(p["on"] > 0, h2, h), cache), stats
 
         h0 = h
-        h, layer_stats = jax.lax.scan(block, h, layers)
+        (h, cache), layer_stats = jax.lax.scan(block, (h, cache), layers)
         final = norm(h, norm_params("ln_f", (W,), unit))
         if c.tie_embeddings:
             readout = emb.T
@@ -173,6 +200,8 @@ class Transformer(nn.Module):
             std = 0.0 if "head" in c.zero_init else inv(width)
             readout = param("readout", normal_init(std, unit[:, None] * jnp.ones(V, dt), dt), (W, V))
         logits = matmul("btw,wv->btv", final, readout, cd).astype(dt) / m
+        if cache is not None:
+            return logits, cache
         if not probes:
             return logits
         per_layer = jnp.sum(layer_stats * on[:, None], 0) / depth
