@@ -60,3 +60,13 @@ def test_the_figure_keeps_ladders_of_other_dims_apart(tmp_path):
          for c in (8, 16) for src, a in (("bigram", 0.6), ("sampled:depth=2", 0.4), ("corpus", 0.3))]
     path = L.plot_ladder(L.ladder(summary(n, n)), tmp_path / "ladder.png")
     assert path.stat().st_size > 10_000
+
+
+def test_an_unidentified_exponent_is_flagged_and_left_out_of_the_direction():
+    n = [row(s, a, None) for s, a in (("bigram", 0.3), ("sampled:depth=1", 0.4), ("corpus", 0.5))]
+    d = [row(s, a, None) for s, a in (("bigram", 0.7), ("sampled:depth=1", 0.8), ("corpus", 0.9))]
+    d[1]["unidentified"] = True
+    (g,) = L.ladder(summary(n, d))["ladders"]
+    assert g["alpha_N"]["direction"] == "rising" and g["alpha_D"]["direction"] == "incomplete"
+    text = L.describe(L.ladder(summary(n, d)))
+    assert "alpha_D 0.800 (no interval) (NOT IDENTIFIED)" in text and text.count("NOT IDENTIFIED") == 1

@@ -52,7 +52,9 @@ def ladder(summary: dict) -> dict | None:
     a different estimator of alpha than the others') and, for a fitted floor, ``E``/``E_ci`` of the N law,
     and the notes of the fits; ``ladders``: one per value of the other slice dims (``slice``), with ``order``
     (its sources) and per exponent ``direction`` along the ladder and ``separated``: for each neighbouring
-    pair, whether their intervals are disjoint (None without both)."""
+    pair, whether their intervals are disjoint (None without both). An exponent whose fit is not identified
+    (``unidentified``: :data:`sweepjax.analysis.language.START_SPREAD_MAX`) is shown, flagged, and left out of
+    the direction (then "incomplete")."""
     rows: dict[str, dict] = {}
     for name, kind in EXPONENTS:
         for r in summary.get(kind, []):
@@ -64,6 +66,7 @@ def ladder(summary: dict) -> dict | None:
                                   {"source": source, "slice": r["slice"], "floor": None})
             row[name], row[f"{name}_ci"] = r.get("alpha"), r.get("alpha_ci")
             row[f"{name}_note"] = r.get("note") or r.get("ci_note") or ""
+            row[f"{name}_unidentified"] = bool(r.get("unidentified"))
             if kind == "n_scaling":
                 row["floor"] = ("fitted" if r.get("floor_fitted") else
                                 "sampled" if source.startswith("sampled:") else "exact")
@@ -80,7 +83,7 @@ def ladder(summary: dict) -> dict | None:
                  "order": [r["source"] for r in members]}
         for name, _ in EXPONENTS:
             ci = [r.get(f"{name}_ci") for r in members]
-            group[name] = {"direction": _direction([r.get(name) for r in members]),
+            group[name] = {"direction": _direction([None if r.get(f"{name}_unidentified") else r.get(name) for r in members]),
                            "separated": [None if not (a and b) else bool(a[1] < b[0] or b[1] < a[0])
                                          for a, b in zip(ci, ci[1:])]}
         groups.append(group)
@@ -97,8 +100,9 @@ def describe(lad: dict | None) -> str:
     for r in lad["rungs"]:
         floor = {"exact": "floor exact (entropy rate)", "sampled": "floor: the generator's entropy (Monte Carlo)"}.get(
             r["floor"], f"floor fitted E = {f(r.get('E'))}{ci(r.get('E_ci'))} (alpha from a free-floor law)")
-        lines.append(f"  {r['source']}: alpha_N {f(r.get('alpha_N'))}{ci(r.get('alpha_N_ci'))}, "
-                     f"alpha_D {f(r.get('alpha_D'))}{ci(r.get('alpha_D_ci'))}; {floor}")
+        flag = lambda name: " (NOT IDENTIFIED)" if r.get(f"{name}_unidentified") else ""
+        lines.append(f"  {r['source']}: alpha_N {f(r.get('alpha_N'))}{ci(r.get('alpha_N_ci'))}{flag('alpha_N')}, "
+                     f"alpha_D {f(r.get('alpha_D'))}{ci(r.get('alpha_D_ci'))}{flag('alpha_D')}; {floor}")
     for g in lad["ladders"]:
         where = ", ".join(f"{k}={v}" for k, v in g["slice"].items())
         for name, _ in EXPONENTS:
@@ -125,7 +129,8 @@ def plot_ladder(lad: dict, path: Path) -> Path:
                     continue
                 err = None if not c else [[max(v - c[0], 0)], [max(c[1] - v, 0)]]
                 ax.errorbar([order.index(r["source"]) + shift], [v], yerr=err, fmt=markers[r["floor"]],
-                            color=f"C{gi}", mfc=f"C{gi}" if c else "white", capsize=4,
+                            color="0.6" if r.get(f"{name}_unidentified") else f"C{gi}",
+                            mfc=f"C{gi}" if c and not r.get(f"{name}_unidentified") else "white", capsize=4,
                             label=(where or None) if r is rows[0] and where else None)
         ax.set_xticks(range(len(order)), order, rotation=20, fontsize=8)
         ax.set_ylabel(name)
@@ -134,5 +139,6 @@ def plot_ladder(lad: dict, path: Path) -> Path:
         if len(lad["ladders"]) > 1:
             ax.legend(fontsize=7)
     fig.text(0.5, 0.005, "circle: exact floor (entropy rate); diamond: sampled (generator's entropy); square: floor "
-             "fitted; open marker: no bootstrap interval", ha="center", fontsize=7)
+             "fitted; open marker: no bootstrap interval; grey: fit not identified (left out of the direction)",
+             ha="center", fontsize=7)
     return save(fig, path)

@@ -107,6 +107,7 @@ MIN_DISTINCT = 10         # distinct resample values below which an interval is 
 R2_MIN = 0.98             # log-log R^2 a headline window must reach
 FLOOR_TOLERANCE = 0.01    # nats: a member below floor - this is reported as below the floor
 LEVEL = 0.95              # bootstrap percentile intervals
+START_SPREAD_MAX = 0.01   # exponent spread over a fit's near-best starts above which it is flagged as not identified
 JOINT_BOOT_MAX = 200      # bootstrap resamples of the 2-D fits (each a 4-5 parameter multi-start refit)
 FRONTIER_BOOT_MAX = 200   # bootstrap resamples of the approach-1 envelope
 ENVELOPE_POINTS = 40      # compute values of the approach-1 envelope
@@ -528,6 +529,12 @@ def _fit(x: np.ndarray, Y: np.ndarray, form, n_boot: int, seed: int, level: floa
                n_points=res.n_points, start_spread={k: float(v) for k, v in res.start_spread.items()})
     for e in spec.exponents:
         out[e] = float(res.params[e])
+    spread = max(float(res.start_spread.get(e, 0.0)) for e in spec.exponents)
+    out["unidentified"] = bool(spread > START_SPREAD_MAX)
+    if out["unidentified"]:
+        out["identified_note"] = (
+            f"NOT IDENTIFIED: starts whose robust objective ties the best span {spread:.2f} in the exponent (the "
+            f"Huber loss is nearly flat there: few points with residuals past its delta); the value is one of them")
     if boot is not None:
         out["boot_valid"] = boot.n_valid
         if boot.n_valid:
@@ -1188,7 +1195,8 @@ def describe(summary: dict) -> str:
             status = "the excess does NOT fall: "
         lines.append(f"{what}-scaling ({slice_name(r['slice'])}) {at}: {law}, alpha = "
                      f"{r['alpha']:.3f}{_ci_text(r['alpha_ci'])}{_ci_flag(r)} over {span}, {w['decades']:.2f} decades, "
-                     f"R^2 {_f(w['r2'], '.4f')} ({status}{w['n_points']} points){dec}")
+                     f"R^2 {_f(w['r2'], '.4f')} ({status}{w['n_points']} points){dec}"
+                     + (f"; {r['identified_note']}" if r.get("unidentified") else ""))
     for s in summary["sensitivity"]["summary"]:
         if s.get("spread") is None:
             continue
