@@ -254,11 +254,18 @@ def data_identity(grid: Grid) -> dict[str, str]:
 def check_data_identity(out: Path, grid: Grid) -> None:
     """Refuse (ConfigError) to resume a sweep whose data changed since it started (another corpus, a retrained
     generator): :func:`data_identity` against the one saved in ``out`` (a sweep started before sweepjax saved it
-    has none, and is not checked)."""
+    has none, and is not checked; nor is one whose file was deleted); an unreadable file is refused."""
     path = out / DATA_FILE
     if not path.is_file():
         return
-    saved, now = json.loads(path.read_text()), data_identity(grid)
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume {str(out)!r}: {DATA_FILE} is not the JSON object sweepjax wrote (the hashes of "
+                          f"the sweep's data); restore it, delete it to resume unchecked, or start again with --overwrite")
+    now = data_identity(grid)
     diff = {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)}
     if diff:
         listed = "; ".join(f"{k} (saved {a!r}, now {b!r})" for k, (a, b) in diff.items())

@@ -279,3 +279,19 @@ def test_cached_sampler_draws_what_the_full_forward_sampler_draws(trained):
         np.testing.assert_allclose(entropy[same[:, :-1]], ref_entropy[same[:, :-1]], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(log_prob[same[:, 1:]], ref_log_prob[same[:, 1:]], rtol=1e-5, atol=1e-5)
 
+
+
+def test_a_cache_refuses_what_it_would_otherwise_clamp():
+    """Positions past the cache or past learned positions, and probes, are refused instead of being clamped by
+    XLA (which would reuse the last slot or position embedding silently)."""
+    learned, rotary = _initialised({}), _initialised({"positions": "rotary"})
+    x = jnp.zeros((2, 1), jnp.int32)
+    with pytest.raises(ValueError, match="learned positions only go to 8"):
+        learned.apply(learned.params, x, cache=learned.model.empty_cache(2, T + 4), position=0)
+    for position, tokens in ((4, x), (0, jnp.zeros((2, 5), jnp.int32))):
+        with pytest.raises(ValueError, match="do not fit a cache of 4 positions"):
+            rotary.apply(rotary.params, tokens, cache=rotary.model.empty_cache(2, 4), position=position)
+    with pytest.raises(ValueError, match="probes"):
+        rotary.apply(rotary.params, x, cache=rotary.model.empty_cache(2, 4), position=0, probes=True)
+    logits, _ = rotary.apply(rotary.params, x, cache=rotary.model.empty_cache(2, 4), position=3)   # the last slot
+    assert logits.shape == (2, 1, V)

@@ -385,3 +385,16 @@ def test_resume_refuses_a_changed_generator(generators, tmp_path):
     (gen / "results.nc").write_bytes(original)
     ds = run(None, out=out, resume=True, progress=False)
     assert np.all(np.isfinite(ds["final_test_loss"].values))
+
+
+def test_resume_refuses_an_unreadable_data_file(tmp_path):
+    from sweepjax.engine.checkpoint import Interrupted
+    config = {"task": {"name": "text", "source": "bigram", "context": 8, "batch_size": 8, "test_size": 16},
+              "model": {"family": "transformer", "width": 8, "heads": 2}, "train": {"steps": 20, "chunk_steps": 10},
+              "eval": {"points": 2}, "run": {"figures": False, "bootstrap": 0}}
+    with pytest.raises(Interrupted):
+        run(config, out=tmp_path / "out", progress=False, should_stop=lambda: True)
+    for text in ("{not json", "", "[]"):
+        (tmp_path / "out" / "data.json").write_text(text)
+        with pytest.raises(ConfigError, match="data.json is not the JSON object sweepjax wrote"):
+            run(None, out=tmp_path / "out", resume=True, progress=False)

@@ -125,6 +125,14 @@ class Transformer(nn.Module):
         """
         c, P, dt, cd = self.cfg, self.padded, self.dtype, self.compute_dtype
         W, D, H, Dh, F, V = P["width"], P["depth"], P["heads"], P["head_dim"], P["mlp_hidden"], self.vocab
+        if cache is not None:   # static checks (a traced position is not checked): XLA would clamp silently
+            length, T = cache[0].shape[3], tokens.shape[1]
+            if probes:
+                raise ValueError("probes are not computed while decoding with a cache")
+            if c.positions == "learned" and length > self.context:
+                raise ValueError(f"a cache of {length} positions: learned positions only go to {self.context}")
+            if T > length or (isinstance(position, int) and not 0 <= position <= length - T):
+                raise ValueError(f"{T} token(s) at position {position} do not fit a cache of {length} positions")
         width, depth = sizes["width"], sizes["depth"]
         unit = (jnp.arange(W) < width).astype(dt)
         head = (jnp.arange(H) < sizes["heads"]).astype(dt)[:, None] * (jnp.arange(Dh) < sizes["head_dim"]).astype(dt)
