@@ -268,9 +268,22 @@ def check_data_identity(out: Path, grid: Grid) -> None:
     now = data_identity(grid)
     diff = {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)}
     if diff:
-        listed = "; ".join(f"{k} (saved {a!r}, now {b!r})" for k, (a, b) in diff.items())
+        listed = "; ".join(f"{k} ({_changed(a, b)})" for k, (a, b) in diff.items())
         raise ConfigError(f"--resume {str(out)!r}: the task's data changed since the sweep started: {listed}; "
                           f"resume where the data are as they were, or start again with --overwrite")
+
+
+def _changed(saved, now) -> str:
+    """``saved X, now Y``; for values that differ between groups (:func:`task_info`'s JSON objects, group label ->
+    value), only the groups whose value changed."""
+    try:
+        a, b = json.loads(saved), json.loads(now)
+    except (TypeError, ValueError):
+        a = b = None
+    if isinstance(a, dict) and isinstance(b, dict):
+        return "; ".join(f"{g}: saved {a.get(g)!r}, now {b.get(g)!r}" for g in sorted(a.keys() | b.keys())
+                         if a.get(g) != b.get(g))
+    return f"saved {saved!r}, now {now!r}"
 
 
 def check_memory(cfg: Config) -> Grid:

@@ -398,3 +398,11 @@ def test_resume_refuses_an_unreadable_data_file(tmp_path):
         (tmp_path / "out" / "data.json").write_text(text)
         with pytest.raises(ConfigError, match="data.json is not the JSON object sweepjax wrote"):
             run(None, out=tmp_path / "out", resume=True, progress=False)
+
+
+def test_a_changed_generator_of_several_is_named_by_its_group():
+    from sweepjax.run import _changed
+    saved = json.dumps({"source=sampled:depth=1": "aa", "source=sampled:depth=2": "bb"})
+    now = json.dumps({"source=sampled:depth=1": "aa", "source=sampled:depth=2": "cc"})
+    assert _changed(saved, now) == "source=sampled:depth=2: saved 'bb', now 'cc'"
+    assert _changed("ab12", "cd34") == "saved 'ab12', now 'cd34'"
