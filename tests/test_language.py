@@ -442,6 +442,9 @@ def test_an_exponent_the_robust_fit_does_not_pin_is_flagged():
     for r in rows:
         assert r["unidentified"] and "NOT IDENTIFIED" in r["identified_note"]
         assert r["start_spread"]["alpha"] > lang.START_SPREAD_MAX
+        lo, hi = r["alpha_tied"]
+        assert lo <= r["alpha"] <= hi and hi - lo == pytest.approx(r["start_spread"]["alpha"])
+        assert lo < 0.69 and hi > 0.77   # both runs' values (0.691, 0.770) lie in the flat stretch
     clean = lang._fit(D, 3.0 * D[None, :] ** -0.5 * np.array([[1.0], [1.01], [0.99]]), "power_law", n_boot=0,
                       seed=0, level=0.95)
     assert clean["alpha"] == pytest.approx(0.5, abs=1e-6) and not clean["unidentified"]

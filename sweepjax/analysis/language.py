@@ -492,6 +492,16 @@ def _no_boot_note(runs: int) -> str:
             "takes only 3 distinct resample values)")
 
 
+def _tied_range(res: fitting.FitResult, name: str) -> list[float]:
+    """[min, max] of the natural parameter ``name`` over the starts whose objective ties the best (as
+    ``start_spread`` counts them)."""
+    from sweepjax.fit.estimate import SPREAD_ATOL, SPREAD_RTOL
+    best = float(np.min(res.objectives))
+    near = res.objectives <= best + SPREAD_RTOL * abs(best) + SPREAD_ATOL
+    values = np.asarray(res.spec.to_natural(res.solutions)[name])[near]
+    return [float(values.min()), float(values.max())]
+
+
 def _fit(x: np.ndarray, Y: np.ndarray, form, n_boot: int, seed: int, level: float,
          keep: bool = False) -> dict:
     """Fit ``form`` to the median over runs of ``Y`` (runs, points) at ``x`` (1-D sizes or a dict of them),
@@ -532,9 +542,12 @@ def _fit(x: np.ndarray, Y: np.ndarray, form, n_boot: int, seed: int, level: floa
     spread = max(float(res.start_spread.get(e, 0.0)) for e in spec.exponents)
     out["unidentified"] = bool(spread > START_SPREAD_MAX)
     if out["unidentified"]:
+        tied = _tied_range(res, spec.exponents[0])
+        out[f"{spec.exponents[0]}_tied"] = tied
         out["identified_note"] = (
-            f"NOT IDENTIFIED: starts whose robust objective ties the best span {spread:.2f} in the exponent (the "
-            f"Huber loss is nearly flat there: few points with residuals past its delta); the value is one of them")
+            f"NOT IDENTIFIED: starts whose robust objective ties the best give {spec.exponents[0]} from {tied[0]:.3f} "
+            f"to {tied[1]:.3f} (the Huber loss is flat there: few points with residuals past its delta); the value "
+            f"is one of them")
     if boot is not None:
         out["boot_valid"] = boot.n_valid
         if boot.n_valid:
