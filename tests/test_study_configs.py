@@ -73,13 +73,14 @@ def test_quanta_parity_config_end_to_end(tmp_path):
 
 def test_graph_walks_config_end_to_end(tmp_path):
     """configs/graph_walks.toml at its [on_cpu] shape on a 1,024-node graph (mean degree 10), widths 16/32/64,
-    steps 150/300: no member below its exact floor, kappa = 1 has the lower floor, the excess at the largest D
+    steps 150/300, 2 seeds: no member below its exact floor, kappa = 1 has the lower floor, the excess at the largest D
     falls strictly with width for both kappas, and language.json holds the N and D fits, the sensitivity
     table and a compute frontier for both kappas, with the figures."""
     out = tmp_path / "gw"
     assert main(["run", str(ROOT / "configs" / "graph_walks.toml"), "--out", str(out), "--set", "task.nodes=1024",
                  "--set", "task.edges=5120", "--set", "sweep.model.width=[16, 32, 64]",
-                 "--set", "sweep.train.steps=[150, 300]", "--set", "run.bootstrap=50"]) == 0
+                 "--set", "sweep.train.steps=[150, 300]", "--set", "sweep.seed=[0, 1]",
+                 "--set", "run.bootstrap=50"]) == 0
     ds = results.load(out)
     excess = ds.final_test_loss - ds.test_bayes_loss
     assert not ds.diverged.any() and float(excess.min()) > -0.01
