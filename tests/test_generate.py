@@ -10,7 +10,7 @@ from scipy import stats
 
 import sweepjax
 from sweepjax.config import build_config
-from sweepjax.generate import sample
+from sweepjax.generate import generator_io, sample
 from sweepjax.members import Member, load_member, member_model, parse_member
 from sweepjax.models import dtypes, make_model
 from sweepjax.tasks import make_task
@@ -233,11 +233,12 @@ def test_cached_decoding_equals_the_full_forward(case):
 
 
 def _sample_without_cache(member: Member, key: jax.Array, n: int, context: int, temperature: float = 1.0):
-    """The sampler as it was before the cache (the reference): the full forward pass on the (n, context) token
-    buffer at every position, read at t. x_0 uniform."""
+    """The sampler as it was before the cache (the reference; benchmarks/sampling.py times it too): the full
+    forward pass on the (n, context) token buffer at every position, read at t. x_0 uniform."""
+    v = generator_io(member)["vocab"]
+
     @jax.jit
     def generate(params, index):
-        v = V
         cdf0 = jnp.asarray(_cdf_rows(np.ones(v) / v))
         u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (context + 1,), jnp.float32))(index)
         x0 = _search(lambda j: cdf0[j], u[:, 0], v)
